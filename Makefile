@@ -1,0 +1,32 @@
+# keypair-operator: every entry point a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+SANDBOX_PROVIDER ?= threatwinds
+SANDBOX_LISTEN ?= 127.0.0.1:8090
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: ## run every test: installs what is missing, starts a local control plane, stops it after
+	scripts/test.sh
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+.PHONY: crds
+crds: ## regenerate crds/ from the Rust types
+	cargo run --quiet -- crds --output-dir crds
+
+.PHONY: cluster-up
+cluster-up: ## start the local control plane (builds it on first use); prints the kubeconfig path
+	scripts/control-plane.sh up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane
+	scripts/control-plane.sh down
+

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command (`make test`, and so `.ci/run`): installs what a fresh machine lacks,
+# starts one local control plane for the whole run (unless KUBECONFIG names a cluster),
+# runs every test against it, and stops it again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=""
+if [ -z "${KUBECONFIG:-}" ]; then
+  scripts/control-plane.sh install
+  KUBECONFIG=$(scripts/control-plane.sh up)
+  export KUBECONFIG
+  started=yes
+fi
+cleanup() { [ -n "$started" ] && scripts/control-plane.sh down; }
+trap cleanup EXIT
+
+# One build shared by every test binary; the machine has 2 cores.
+cargo test --all-targets --features failpoints --no-fail-fast

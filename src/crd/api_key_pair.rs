@@ -1,0 +1,298 @@
+//! The `ApiKeyPair` resource: one remote API key pair whose credentials the operator keeps
+//! in a Kubernetes Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DNS_SUBDOMAIN, SECRET_DATA_KEY, SecretKeyRef};
+
+/// Desired state of an `ApiKeyPair`: which provider issues the key, for how long, and
+/// where its credentials go.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "keypairs.dev",
+    version = "v1alpha1",
+    kind = "ApiKeyPair",
+    namespaced,
+    shortname = "akp",
+    category = "keypairs",
+    status = "ApiKeyPairStatus",
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.providerRef.name"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Verified","type":"boolean","jsonPath":".status.verified"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expireAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyPairSpec {
+    /// The provider that issues this key pair.
+    pub provider_ref: ProviderRef,
+
+    /// Display name of the key pair at the provider (ThreatWinds `name`). Defaults to
+    /// `<namespace>/<name>` of this resource. Changing it replaces a ThreatWinds key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub key_name: Option<String>,
+
+    /// How many days the key pair stays valid after it is created (1 to 3650).
+    /// Changing it updates a Datonis key and replaces a ThreatWinds key.
+    #[serde(default = "default_validity_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub validity_days: u32,
+
+    /// Name of the Secret that receives the credentials, in this resource's namespace.
+    /// Defaults to the name of this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub secret_name: Option<String>,
+
+    /// Labels, annotations and data key names of the generated Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+
+    /// Where to find the verification code the provider emailed (ThreatWinds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+
+    /// Datonis-specific settings; `roleKey` is required for Datonis providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datonis: Option<DatonisKeySettings>,
+
+    /// What happens to the remote key pair when this resource is deleted:
+    /// `Delete` (default) deletes it at the provider, `Orphan` leaves it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_validity_days() -> u32 {
+    365
+}
+
+/// A reference to a `KeyPairProvider` (same namespace) or a `ClusterKeyPairProvider`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderRef {
+    /// Kind of the provider resource.
+    #[serde(default)]
+    pub kind: ProviderRefKind,
+    /// Name of the provider resource.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+}
+
+/// Kind of provider resource an `ApiKeyPair` refers to.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ProviderRefKind {
+    /// A namespaced `KeyPairProvider` in the same namespace as the `ApiKeyPair`.
+    #[default]
+    KeyPairProvider,
+    /// A cluster-scoped `ClusterKeyPairProvider` that allows the `ApiKeyPair`'s namespace.
+    ClusterKeyPairProvider,
+}
+
+/// Shape of the generated Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Extra labels on the Secret (the operator's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Names of the data keys that hold the credentials.
+    #[serde(default)]
+    pub keys: SecretDataKeys,
+}
+
+/// Names of the Secret data keys that hold the API key and the API secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretDataKeys {
+    /// Data key for the API key (default `apiKey`).
+    #[serde(default = "default_api_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_DATA_KEY))]
+    pub api_key: String,
+    /// Data key for the API secret (default `apiSecret`).
+    #[serde(default = "default_api_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_DATA_KEY))]
+    pub api_secret: String,
+}
+
+impl Default for SecretDataKeys {
+    fn default() -> Self {
+        Self {
+            api_key: default_api_key_key(),
+            api_secret: default_api_secret_key(),
+        }
+    }
+}
+
+fn default_api_key_key() -> String {
+    "apiKey".to_owned()
+}
+
+fn default_api_secret_key() -> String {
+    "apiSecret".to_owned()
+}
+
+/// How the operator gets the emailed verification code (ThreatWinds).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// A key of a Secret in this namespace that holds the code. The operator submits each
+    /// distinct code once.
+    pub code_secret_ref: SecretKeyRef,
+}
+
+/// Datonis key pair settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatonisKeySettings {
+    /// Datonis `role_key` of the role the key pair gets.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub role_key: String,
+    /// Whether the key pair is enabled (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What to do with the remote key pair when the `ApiKeyPair` is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the key pair at the provider.
+    #[default]
+    Delete,
+    /// Leave the key pair at the provider.
+    Orphan,
+}
+
+/// Observed state of an `ApiKeyPair`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyPairStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Current conditions (`Ready`, `Verified`), each with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Provider-side id of the key pair in use (ThreatWinds `keyID`, Datonis `key_pair_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "keyID")]
+    pub key_id: Option<String>,
+
+    /// The API key (public half) of the key pair in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+
+    /// Display name of the key pair at the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+
+    /// When the key pair expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<String>,
+
+    /// Whether the provider reports the key pair as verified (ThreatWinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+
+    /// Id of the outstanding verification code (ThreatWinds).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "verificationCodeID"
+    )]
+    pub verification_code_id: Option<String>,
+
+    /// Whether the key pair is enabled at the provider (Datonis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+
+    /// Datonis role key the key pair has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_key: Option<String>,
+
+    /// Validity in days the key pair in use was created (or last updated) with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_days: Option<u32>,
+
+    /// Name of the Secret that holds the credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// Number of create attempts so far. Incremented, with a resourceVersion precondition,
+    /// before every remote create, so a stale cached object can never create twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_attempts: Option<u32>,
+
+    /// An in-flight create attempt: recorded before the remote call so that the next
+    /// reconcile can find (and clean up or adopt) whatever that attempt created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_create: Option<PendingCreate>,
+
+    /// A replacement key pair that is created but not yet in use (ThreatWinds keys wait for
+    /// verification while the current key keeps serving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_key: Option<PendingKey>,
+
+    /// Fingerprint of the last verification code submitted, so each code is sent once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_code_hash: Option<String>,
+
+    /// Last value of the `keypairs.dev/request-new-code` annotation that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_code_request: Option<String>,
+}
+
+/// A create attempt whose outcome is not yet recorded.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCreate {
+    /// Attempt number (matches `createAttempts` when it was recorded).
+    pub attempt: u32,
+    /// Deterministic remote name this attempt uses (ThreatWinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_name: Option<String>,
+    /// When the attempt was recorded (RFC 3339): keys created before it are not its own.
+    pub started_at: String,
+    /// Why the key is being created (`Initial`, `Replace`, `SecretLost`, `RemoteKeyMissing`).
+    pub purpose: String,
+}
+
+/// A created replacement key pair that is not serving yet.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingKey {
+    /// Provider-side id of the pending key pair.
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// The API key (public half) of the pending key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// Display name of the pending key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// When the pending key pair expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_at: Option<String>,
+    /// Id of its outstanding verification code.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "verificationCodeID"
+    )]
+    pub verification_code_id: Option<String>,
+    /// What the pending key waits for before it replaces the current one.
+    pub waiting_for: String,
+}

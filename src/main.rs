@@ -1,0 +1,41 @@
+//! The `keypair-operator` binary: a thin command-line front over the library.
+
+use clap::{Parser, Subcommand};
+
+/// Manage remote API key pairs (ThreatWinds, Datonis) as Kubernetes resources.
+#[derive(Parser, Debug)]
+#[command(name = "keypair-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print every CRD as multi-document YAML (generated from the Rust types).
+    Crds {
+        /// Write one `<name>.yaml` file per CRD into this directory instead of printing.
+        #[arg(long)]
+        output_dir: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crds { output_dir: None } => keypair_operator::crd::all_crds_yaml()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(|e| format!("cannot render CRDs: {e}")),
+        Command::Crds {
+            output_dir: Some(dir),
+        } => keypair_operator::crd::write_crd_files(&dir)
+            .map_err(|e| format!("cannot write CRDs to {}: {e}", dir.display())),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("keypair-operator: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

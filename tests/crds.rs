@@ -1,0 +1,295 @@
+//! The CRDs: committed YAML matches the Rust types, they install on a real API server by
+//! server-side apply and become Established, and the API server rejects bad objects with
+//! a message that names the problem.
+
+mod common;
+
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+#[test]
+fn committed_crds_match_the_rust_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let files = keypair_operator::crd::crd_files().expect("render CRDs");
+    let mut committed: Vec<String> = std::fs::read_dir(&dir)
+        .expect("crds/ exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    committed.sort();
+    let mut expected: Vec<String> = files.iter().map(|(name, _)| name.clone()).collect();
+    expected.sort();
+    assert_eq!(
+        committed, expected,
+        "crds/ holds other files than `keypair-operator crds` renders; run `make crds`"
+    );
+    for (name, yaml) in files {
+        let on_disk = std::fs::read_to_string(dir.join(&name)).expect("read committed CRD");
+        assert!(
+            on_disk == yaml,
+            "crds/{name} is out of date; run `make crds`"
+        );
+    }
+}
+
+fn resource(kind: &str, plural: &str, namespaced: bool) -> (ApiResource, bool) {
+    let gvk = GroupVersionKind::gvk("keypairs.dev", "v1alpha1", kind);
+    (ApiResource::from_gvk_with_plural(&gvk, plural), namespaced)
+}
+
+/// Creates `object` and returns the API server's rejection message, or `None` if accepted.
+async fn create(client: &kube::Client, ns: &str, kind: &str, object: Value) -> Option<String> {
+    let (ar, namespaced) = match kind {
+        "ApiKeyPair" => resource(kind, "apikeypairs", true),
+        "KeyPairProvider" => resource(kind, "keypairproviders", true),
+        _ => resource(kind, "clusterkeypairproviders", false),
+    };
+    let api: Api<DynamicObject> = if namespaced {
+        Api::namespaced_with(client.clone(), ns, &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    };
+    let mut object = object;
+    object["apiVersion"] = json!("keypairs.dev/v1alpha1");
+    object["kind"] = json!(kind);
+    let obj: DynamicObject = serde_json::from_value(object).expect("object");
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(
+                status.code, 422,
+                "rejection is a validation error: {status:?}"
+            );
+            Some(status.message)
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn akp(name: &str, spec: Value) -> Value {
+    json!({"metadata": {"name": name}, "spec": spec})
+}
+
+#[tokio::test]
+async fn api_server_accepts_valid_objects_and_applies_defaults() {
+    let client = common::client_with_crds().await;
+    let ns = common::test_namespace(&client, "crd-valid").await;
+    let ok = create(
+        &client,
+        &ns,
+        "ApiKeyPair",
+        akp("minimal", json!({"providerRef": {"name": "tw"}})),
+    )
+    .await;
+    assert_eq!(ok, None);
+    let (ar, _) = resource("ApiKeyPair", "apikeypairs", true);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    let stored = api.get("minimal").await.expect("get");
+    let spec = &stored.data["spec"];
+    assert_eq!(spec["validityDays"], json!(365));
+    assert_eq!(spec["deletionPolicy"], json!("Delete"));
+    assert_eq!(spec["providerRef"]["kind"], json!("KeyPairProvider"));
+
+    for (kind, object) in [
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "tw"}, "spec": {"threatwinds": {"sessionSecretRef": {"name": "tw-session", "key": "token"}}, "rateLimit": {"requestsPerSecond": 2.5}}}),
+        ),
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "dt"}, "spec": {"datonis": {"url": "http://127.0.0.1:9999", "credentialsSecretRef": {"name": "dt"}}}}),
+        ),
+        (
+            "ClusterKeyPairProvider",
+            json!({"metadata": {"name": format!("{ns}-c")}, "spec": {"credentialsNamespace": "ops", "allowedNamespaces": [ns], "datonis": {"credentialsSecretRef": {"name": "dt"}}}}),
+        ),
+    ] {
+        assert_eq!(
+            create(&client, &ns, kind, object.clone()).await,
+            None,
+            "{object}"
+        );
+    }
+    let providers: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &resource("KeyPairProvider", "keypairproviders", true).0,
+    );
+    let tw = providers.get("tw").await.expect("get provider");
+    assert_eq!(
+        tw.data["spec"]["threatwinds"]["url"],
+        json!("https://intelligence.threatwinds.com")
+    );
+    assert_eq!(tw.data["spec"]["rateLimit"]["burst"], json!(1));
+}
+
+#[tokio::test]
+async fn api_server_rejects_invalid_objects_with_useful_messages() {
+    let client = common::client_with_crds().await;
+    let ns = common::test_namespace(&client, "crd-invalid").await;
+    let tw = json!({"sessionSecretRef": {"name": "s", "key": "token"}});
+    let dt = json!({"credentialsSecretRef": {"name": "d"}});
+    // (kind, object, words the API server's message must contain)
+    let table: Vec<(&str, Value, &[&str])> = vec![
+        (
+            "ApiKeyPair",
+            akp("no-provider", json!({})),
+            &["providerRef", "Required"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "days-zero",
+                json!({"providerRef": {"name": "p"}, "validityDays": 0}),
+            ),
+            &["validityDays", "greater than or equal to 1"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "days-big",
+                json!({"providerRef": {"name": "p"}, "validityDays": 3651}),
+            ),
+            &["validityDays", "less than or equal to 3650"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "days-text",
+                json!({"providerRef": {"name": "p"}, "validityDays": "ten"}),
+            ),
+            &["validityDays", "integer"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "bad-kind",
+                json!({"providerRef": {"name": "p", "kind": "Issuer"}}),
+            ),
+            &["providerRef.kind", "KeyPairProvider"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "bad-policy",
+                json!({"providerRef": {"name": "p"}, "deletionPolicy": "Keep"}),
+            ),
+            &["deletionPolicy", "Orphan"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "bad-secret-name",
+                json!({"providerRef": {"name": "p"}, "secretName": "Not_A_Name"}),
+            ),
+            &["secretName"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "empty-key-name",
+                json!({"providerRef": {"name": "p"}, "keyName": ""}),
+            ),
+            &["keyName"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "bad-data-key",
+                json!({"providerRef": {"name": "p"}, "secretTemplate": {"keys": {"apiKey": "has space"}}}),
+            ),
+            &["secretTemplate.keys.apiKey"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "no-code-key",
+                json!({"providerRef": {"name": "p"}, "verification": {"codeSecretRef": {"name": "code"}}}),
+            ),
+            &["verification.codeSecretRef.key", "Required"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "no-role",
+                json!({"providerRef": {"name": "p"}, "datonis": {"enabled": false}}),
+            ),
+            &["datonis.roleKey", "Required"],
+        ),
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "neither"}, "spec": {}}),
+            &["spec"],
+        ),
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "both"}, "spec": {"threatwinds": tw, "datonis": dt}}),
+            &["spec"],
+        ),
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "bad-url"}, "spec": {"threatwinds": {"url": "ftp://x", "sessionSecretRef": {"name": "s", "key": "k"}}}}),
+            &["threatwinds.url"],
+        ),
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "no-session"}, "spec": {"threatwinds": {}}}),
+            &["threatwinds.sessionSecretRef", "Required"],
+        ),
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "rate-zero"}, "spec": {"datonis": dt, "rateLimit": {"requestsPerSecond": 0.001}}}),
+            &["rateLimit.requestsPerSecond"],
+        ),
+        (
+            "KeyPairProvider",
+            json!({"metadata": {"name": "burst-zero"}, "spec": {"datonis": dt, "rateLimit": {"requestsPerSecond": 1, "burst": 0}}}),
+            &["rateLimit.burst"],
+        ),
+        (
+            "ClusterKeyPairProvider",
+            json!({"metadata": {"name": format!("{ns}-no-ns")}, "spec": {"datonis": dt}}),
+            &["credentialsNamespace", "Required"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (kind, object, words) in table {
+        let name = object["metadata"]["name"].clone();
+        match create(&client, &ns, kind, object).await {
+            None => failures.push(format!("{kind} {name}: accepted")),
+            Some(message) => {
+                for word in words {
+                    if !message.contains(word) {
+                        failures.push(format!("{kind} {name}: message lacks {word:?}: {message}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn crds_are_established_with_printer_columns() {
+    let client = common::client_with_crds().await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client);
+    let akp = crds
+        .get("apikeypairs.keypairs.dev")
+        .await
+        .expect("CRD exists");
+    assert_eq!(akp.spec.names.short_names, Some(vec!["akp".to_owned()]));
+    let columns: Vec<String> = akp.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(columns, ["Provider", "Ready", "Verified", "Expires", "Age"]);
+    let cluster = crds
+        .get("clusterkeypairproviders.keypairs.dev")
+        .await
+        .expect("CRD exists");
+    assert_eq!(cluster.spec.scope, "Cluster");
+}
