@@ -30,3 +30,7 @@ cluster-up: ## start the local control plane (builds it on first use); prints th
 cluster-down: ## stop the local control plane
 	scripts/control-plane.sh down
 
+.PHONY: sandbox
+sandbox: ## run a sandbox provider (SANDBOX_PROVIDER=threatwinds|datonis, SANDBOX_LISTEN=host:port)
+	cargo run --quiet -- sandbox --provider $(SANDBOX_PROVIDER) --listen $(SANDBOX_LISTEN) \
+	  --session-token sandbox-session-token --user demo@example.com:demo-password

@@ -5,8 +5,10 @@
 //! - [`conditions`]: the one vocabulary of condition types and reasons.
 //! - [`crd`]: the custom resource types (`ApiKeyPair`, `KeyPairProvider`,
 //!   `ClusterKeyPairProvider`) and the CRD YAML generated from them.
+//! - [`sandbox`]: sandbox provider servers that behave as the providers' docs say.
 //! - [`telemetry`]: logging set-up.
 
 pub mod conditions;
 pub mod crd;
+pub mod sandbox;
 pub mod telemetry;

@@ -1,0 +1,272 @@
+//! Fault injection on the provider API (never on the `/_sandbox/...` control endpoints), set
+//! with `PUT /_sandbox/faults`.
+//!
+//! Everything is deterministic so tests are repeatable: the error rate is an accumulator
+//! that fails exactly every 1/rate-th request (rate 0.25: requests 4, 8, 12, ...), the rate
+//! limit a token bucket, and commit-then-fail hits the next N successful key-pair creates.
+//! Per request, in order: latency, rate limit, error rate, then the handler (and
+//! commit-then-fail on its response). Injected errors go through the provider's error
+//! format like any other error.
+//!
+//! Commit-then-fail `drop`: the key pair is created and persisted, then the success
+//! response is replaced by one whose body stream fails on its first poll. hyper then closes
+//! the connection without a complete response (in practice before the status line is
+//! flushed), so the client sees a connection error (or a body error if the head had already
+//! gone out) — never a usable answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::SandboxProvider;
+use super::http::{ApiError, Dropped};
+use super::state::{Shared, lock};
+
+/// Longest latency `PUT /_sandbox/faults` accepts, so a typo cannot hang a test run.
+const MAX_LATENCY_MS: u64 = 300_000;
+
+/// Faults to inject; every field is optional in JSON and off when omitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Fraction of API requests (0.0..=1.0) answered with `error_status`, deterministically.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Status of error-rate failures (400..=599; default 500).
+    #[serde(default = "default_error_status")]
+    pub error_status: u16,
+    /// Delay added to every API request, in milliseconds (at most 300000).
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Requests per second allowed (token bucket holding `ceil(rps)` requests); over it
+    /// ThreatWinds answers 403 and Datonis 429 with `Retry-After`.
+    #[serde(default)]
+    pub rate_limit_rps: Option<f64>,
+    /// Make key-pair creates commit and then fail.
+    #[serde(default)]
+    pub commit_then_fail: Option<CommitThenFail>,
+    /// How many creates fail that way (default 1 when `commit_then_fail` is set).
+    #[serde(default)]
+    pub commit_then_fail_count: Option<u32>,
+}
+
+fn default_error_status() -> u16 {
+    500
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            error_rate: 0.0,
+            error_status: default_error_status(),
+            latency_ms: 0,
+            rate_limit_rps: None,
+            commit_then_fail: None,
+            commit_then_fail_count: None,
+        }
+    }
+}
+
+impl FaultConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err("error_rate must be between 0.0 and 1.0".into());
+        }
+        if !(400..=599).contains(&self.error_status) {
+            return Err("error_status must be between 400 and 599".into());
+        }
+        if self.latency_ms > MAX_LATENCY_MS {
+            return Err(format!("latency_ms must be at most {MAX_LATENCY_MS}"));
+        }
+        if let Some(rps) = self.rate_limit_rps
+            && !(rps.is_finite() && rps > 0.0)
+        {
+            return Err("rate_limit_rps must be a positive number".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a committed create fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitThenFail {
+    /// Answer 500 (in the provider's error format) after creating the key pair.
+    Status500,
+    /// Break the response after creating the key pair (see the module docs).
+    Drop,
+}
+
+/// Live fault settings and their counters.
+#[derive(Debug, Default)]
+pub(crate) struct FaultState {
+    config: FaultConfig,
+    /// Error-rate accumulator in millionths of a request; integers keep it exact.
+    accumulator: u64,
+    bucket: Option<TokenBucket>,
+    commit_then_fail_left: u32,
+}
+
+const MILLION: u64 = 1_000_000;
+
+enum Admission {
+    Pass,
+    RateLimited { retry_after_secs: u64 },
+    Fail(StatusCode),
+}
+
+impl FaultState {
+    pub(crate) fn config(&self) -> FaultConfig {
+        self.config.clone()
+    }
+
+    /// Replaces the settings and restarts every counter.
+    pub(crate) fn set(&mut self, config: FaultConfig) {
+        self.accumulator = 0;
+        self.bucket = config.rate_limit_rps.map(TokenBucket::new);
+        self.commit_then_fail_left = match config.commit_then_fail {
+            Some(_) => config.commit_then_fail_count.unwrap_or(1),
+            None => 0,
+        };
+        self.config = config;
+    }
+
+    fn latency(&self) -> Duration {
+        Duration::from_millis(self.config.latency_ms)
+    }
+
+    fn admit(&mut self, now: Instant) -> Admission {
+        if let Some(bucket) = &mut self.bucket
+            && let Err(retry_after_secs) = bucket.take(now)
+        {
+            return Admission::RateLimited { retry_after_secs };
+        }
+        // Saturating float-to-int cast; validate() keeps the rate within 0..=1.
+        let step = (self.config.error_rate * MILLION as f64).round() as u64;
+        self.accumulator += step;
+        if step > 0 && self.accumulator >= MILLION {
+            self.accumulator -= MILLION;
+            return Admission::Fail(
+                StatusCode::from_u16(self.config.error_status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            );
+        }
+        Admission::Pass
+    }
+
+    fn take_commit_then_fail(&mut self) -> Option<CommitThenFail> {
+        let mode = self.config.commit_then_fail?;
+        if self.commit_then_fail_left == 0 {
+            return None;
+        }
+        self.commit_then_fail_left -= 1;
+        Some(mode)
+    }
+}
+
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64) -> Self {
+        let capacity = rate.ceil().max(1.0);
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says in how many whole seconds (at least 1) one will be there.
+    fn take(&mut self, now: Instant) -> Result<(), u64> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - self.tokens) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+/// The fault-injection middleware (a router layer, so the matched route is known).
+pub(crate) async fn inject(
+    State(shared): State<Arc<Shared>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let provider = shared.config.provider;
+    let latency = lock(&shared.faults).latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let admission = lock(&shared.faults).admit(Instant::now());
+    match admission {
+        Admission::Pass => {}
+        Admission::RateLimited { retry_after_secs } => {
+            return rate_limited(provider, retry_after_secs).into_response();
+        }
+        Admission::Fail(status) => {
+            let reason = status.canonical_reason().unwrap_or("injected error");
+            return ApiError::new(status, reason).into_response();
+        }
+    }
+    let is_create = req.method() == Method::POST
+        && req
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|route| route.as_str() == provider.create_route());
+    let response = next.run(req).await;
+    if !is_create || !response.status().is_success() {
+        return response;
+    }
+    let mode = lock(&shared.faults).take_commit_then_fail();
+    match mode {
+        None => response,
+        Some(CommitThenFail::Status500) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+                .into_response()
+        }
+        Some(CommitThenFail::Drop) => broken(response),
+    }
+}
+
+/// The providers' "too many requests": ThreatWinds documents it as 403 Forbidden; for
+/// Datonis (undocumented) the conventional 429 with `Retry-After`.
+fn rate_limited(provider: SandboxProvider, retry_after_secs: u64) -> ApiError {
+    match provider {
+        SandboxProvider::Threatwinds => ApiError::new(StatusCode::FORBIDDEN, "too many requests"),
+        SandboxProvider::Datonis => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded")
+                .with_retry_after(retry_after_secs)
+        }
+    }
+}
+
+/// Keeps the head of `response` but gives it a body that fails at once.
+fn broken(response: Response) -> Response {
+    let (mut parts, _body) = response.into_parts();
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.extensions.insert(Dropped);
+    let body = Body::from_stream(futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other(
+            "sandbox fault: connection dropped after commit",
+        ))
+    }));
+    Response::from_parts(parts, body)
+}
