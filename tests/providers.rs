@@ -1,0 +1,1093 @@
+//! The provider clients against the project's sandbox servers, in process.
+//!
+//! Every client operation of both providers, both ThreatWinds dialects (current: 200 and
+//! `x-error` headers; detailed: 202 and `{uuid, error}` bodies), every documented error
+//! status, injected faults, Datonis pagination and re-sign-in, and that no secret ever
+//! shows up in an error message or a `Debug` output.
+
+use keypair_operator::provider::{
+    CreateKeyPair, DatonisClient, DatonisCredentials, HttpOptions, KeyLookup, KeyPairApi,
+    ListQuery, ProviderError, ProviderKind, SortOrder, ThreatWindsClient, TimestampFormat,
+    UpdateKeyPair,
+};
+use keypair_operator::sandbox::{
+    Dialect, OutboxEmail, SandboxConfig, SandboxHandle, SandboxKey, SandboxStats, spawn,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const TW_TOKEN: &str = "twSessionToken-3f9a1c7e5b2d4086a1e9c3b7d5f20486";
+const DT_EMAIL: &str = "ops@datonis.test";
+const DT_PASSWORD: &str = "dt-Pa55word-7c1e9a3b5d";
+
+/// A running sandbox plus a plain HTTP client for its control endpoints.
+struct Sandbox {
+    handle: SandboxHandle,
+    control: reqwest::Client,
+}
+
+impl Sandbox {
+    async fn start(config: SandboxConfig) -> Sandbox {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let handle = spawn(config, listener).await.expect("spawn sandbox");
+        Sandbox {
+            handle,
+            control: reqwest::Client::new(),
+        }
+    }
+
+    async fn threatwinds(dialect: Dialect) -> Sandbox {
+        let mut cfg = SandboxConfig::threatwinds();
+        cfg.dialect = dialect;
+        cfg.session_tokens = vec![TW_TOKEN.into()];
+        Sandbox::start(cfg).await
+    }
+
+    async fn datonis(idle: Duration) -> Sandbox {
+        let mut cfg = SandboxConfig::datonis();
+        cfg.users = vec![(DT_EMAIL.into(), DT_PASSWORD.into())];
+        cfg.token_idle_timeout = idle;
+        Sandbox::start(cfg).await
+    }
+
+    fn url(&self) -> String {
+        self.handle.base_url()
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.control
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .expect("control request")
+            .error_for_status()
+            .expect("control status")
+            .json()
+            .await
+            .expect("control json")
+    }
+
+    async fn outbox(&self) -> Vec<OutboxEmail> {
+        self.get_json("/_sandbox/outbox").await
+    }
+
+    async fn keys(&self) -> Vec<SandboxKey> {
+        self.get_json("/_sandbox/keys").await
+    }
+
+    async fn stats(&self) -> SandboxStats {
+        self.get_json("/_sandbox/stats").await
+    }
+
+    /// How many times `route` answered `status`.
+    async fn count(&self, route: &str, status: &str) -> u64 {
+        self.stats()
+            .await
+            .get(route)
+            .and_then(|m| m.get(status))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn faults(&self, config: Value) {
+        self.control
+            .put(format!("{}/_sandbox/faults", self.url()))
+            .json(&config)
+            .send()
+            .await
+            .expect("faults request")
+            .error_for_status()
+            .expect("faults accepted");
+    }
+
+    async fn clear_faults(&self) {
+        self.control
+            .delete(format!("{}/_sandbox/faults", self.url()))
+            .send()
+            .await
+            .expect("faults request")
+            .error_for_status()
+            .expect("faults cleared");
+    }
+
+    fn tw_client(&self, token: &str, options: HttpOptions) -> ThreatWindsClient {
+        ThreatWindsClient::new(&self.url(), SecretString::from(token), options)
+            .expect("threatwinds client")
+    }
+
+    fn dt_client(&self, options: HttpOptions) -> DatonisClient {
+        DatonisClient::new(
+            &self.url(),
+            DatonisCredentials::Password {
+                email: DT_EMAIL.into(),
+                password: SecretString::from(DT_PASSWORD),
+            },
+            options,
+        )
+        .expect("datonis client")
+    }
+}
+
+/// Collects everything a user or a log could see and checks no secret is in it.
+#[derive(Default)]
+struct Leaks {
+    seen: Vec<String>,
+    secrets: Vec<String>,
+}
+
+impl Leaks {
+    fn err(&mut self, e: &ProviderError) {
+        self.seen.push(format!("{e}"));
+        self.seen.push(format!("{e:?}"));
+    }
+    fn debug(&mut self, v: &dyn std::fmt::Debug) {
+        self.seen.push(format!("{v:?}"));
+    }
+    fn secret(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        assert!(s.len() >= 6, "test secrets must be distinctive");
+        self.secrets.push(s);
+    }
+    fn check(&self) {
+        assert!(!self.seen.is_empty());
+        for text in &self.seen {
+            for s in &self.secrets {
+                assert!(!text.contains(s.as_str()), "secret leaked into: {text}");
+            }
+        }
+    }
+}
+
+fn tw_req(name: &str) -> CreateKeyPair {
+    CreateKeyPair {
+        name: name.into(),
+        validity_days: 30,
+        role_key: None,
+    }
+}
+
+fn short_timeout() -> HttpOptions {
+    HttpOptions {
+        timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        ..HttpOptions::default()
+    }
+}
+
+#[track_caller]
+fn assert_variant(e: &ProviderError, want: &str) {
+    let got = match e {
+        ProviderError::NotFound { .. } => "NotFound",
+        ProviderError::Unauthorized { .. } => "Unauthorized",
+        ProviderError::Forbidden { .. } => "Forbidden",
+        ProviderError::RateLimited { .. } => "RateLimited",
+        ProviderError::BadRequest { .. } => "BadRequest",
+        ProviderError::Server { .. } => "Server",
+        ProviderError::Transport { .. } => "Transport",
+        ProviderError::UnexpectedResponse { .. } => "UnexpectedResponse",
+        ProviderError::Unsupported { .. } => "Unsupported",
+    };
+    assert_eq!(got, want, "{e:?}");
+}
+
+/// Documented provider errors carry an error id in both dialects (header or body).
+#[track_caller]
+fn assert_error_id(e: &ProviderError) {
+    let id = e.error_id().unwrap_or_else(|| panic!("no error id: {e:?}"));
+    assert!(
+        e.to_string().contains(&format!("error id {id}")),
+        "id not shown: {e}"
+    );
+}
+
+fn code_for(outbox: &[OutboxEmail], verification_code_id: &str) -> SecretString {
+    let mail = outbox
+        .iter()
+        .find(|m| m.verification_code_id == verification_code_id)
+        .unwrap_or_else(|| panic!("no mail for code {verification_code_id}"));
+    SecretString::from(mail.code.clone())
+}
+
+async fn threatwinds_lifecycle(dialect: Dialect) {
+    let sb = Sandbox::threatwinds(dialect).await;
+    let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+    let mut leaks = Leaks::default();
+    leaks.secret(TW_TOKEN);
+    leaks.debug(&tw);
+    assert_eq!(tw.kind(), ProviderKind::Threatwinds);
+
+    // Session.
+    let status = tw.check_credentials().await.expect("check credentials");
+    assert!(status.verified);
+    let before = status.expire_at.expect("session expiry");
+    let session = tw.session().await.expect("session");
+    assert!(session.verified);
+    let extended = tw
+        .extend_session()
+        .await
+        .expect("extend")
+        .expect("new expiry");
+    assert!(extended >= before, "{extended} < {before}");
+
+    // Create.
+    let created = tw.create(&tw_req("first key")).await.expect("create");
+    leaks.secret(created.api_secret.expose_secret());
+    leaks.debug(&created);
+    assert_eq!(created.key.name.as_deref(), Some("first key"));
+    assert_eq!(created.key.verified, Some(false));
+    assert!(created.key.expire_at.is_some());
+    assert!(!created.key.api_key.is_empty());
+    let code_id = created
+        .verification_code_id
+        .clone()
+        .expect("verification code id");
+    let stored = sb.keys().await;
+    let stored = stored
+        .iter()
+        .find(|k| k.id == created.key.key_id)
+        .expect("key in sandbox");
+    assert_eq!(stored.secret, created.api_secret.expose_secret());
+    assert_eq!(stored.api_key, created.key.api_key);
+
+    // List.
+    let listed = tw.list().await.expect("list");
+    let mine = listed
+        .iter()
+        .find(|k| k.key_id == created.key.key_id)
+        .expect("listed");
+    assert_eq!(mine.verified, Some(false));
+    assert_eq!(mine.api_key, created.key.api_key);
+    assert!(mine.api_secret.is_none());
+
+    // Get with the secret (check endpoint) and without (falls back to the list).
+    let lookup = KeyLookup {
+        key_id: created.key.key_id.clone(),
+        api_key: created.key.api_key.clone(),
+        api_secret: Some(created.api_secret.clone()),
+    };
+    let got = tw.get(&lookup).await.expect("get with secret");
+    assert_eq!(got.key_id, created.key.key_id);
+    assert_eq!(got.name.as_deref(), Some("first key"));
+    let got = tw
+        .get(&KeyLookup {
+            api_secret: None,
+            ..lookup.clone()
+        })
+        .await
+        .expect("get via list");
+    assert_eq!(got.api_key, created.key.api_key);
+    let e = tw
+        .get(&KeyLookup {
+            key_id: "00000000-0000-4000-8000-000000000000".into(),
+            api_key: "nope".into(),
+            api_secret: None,
+        })
+        .await
+        .expect_err("unknown id via list");
+    assert_variant(&e, "NotFound");
+
+    // Wrong api-secret: 401.
+    let wrong_secret = "wrongApiSecret0123456789abcdefABCDEF0123456789";
+    leaks.secret(wrong_secret);
+    let e = tw
+        .get(&KeyLookup {
+            api_secret: Some(SecretString::from(wrong_secret)),
+            ..lookup.clone()
+        })
+        .await
+        .expect_err("wrong secret");
+    assert_variant(&e, "Unauthorized");
+    assert_error_id(&e);
+    leaks.err(&e);
+
+    // Wrong code: 401; unknown code id: 404.
+    let wrong_code = SecretString::from("000000");
+    let e = tw
+        .verify(&code_id, &wrong_code)
+        .await
+        .expect_err("wrong code");
+    assert_variant(&e, "Unauthorized");
+    assert_error_id(&e);
+    leaks.err(&e);
+    let e = tw
+        .verify("00000000-0000-4000-8000-000000000000", &wrong_code)
+        .await
+        .expect_err("unknown code id");
+    assert_variant(&e, "NotFound");
+    assert_error_id(&e);
+    leaks.err(&e);
+
+    // Verify with the code from the outbox.
+    let code = code_for(&sb.outbox().await, &code_id);
+    leaks.secret(code.expose_secret());
+    tw.verify(&code_id, &code).await.expect("verify");
+    let listed = tw.list().await.expect("list");
+    let mine = listed
+        .iter()
+        .find(|k| k.key_id == created.key.key_id)
+        .expect("listed");
+    assert_eq!(mine.verified, Some(true));
+    let got = tw.get(&lookup).await.expect("get verified");
+    assert_eq!(got.verified, Some(true));
+
+    // New code for a second key, then verify with it.
+    let second = tw.create(&tw_req("second key")).await.expect("create 2");
+    leaks.secret(second.api_secret.expose_secret());
+    let new_id = tw
+        .request_new_code(&second.key.api_key, &second.api_secret)
+        .await
+        .expect("new code");
+    assert_ne!(Some(&new_id), second.verification_code_id.as_ref());
+    let outbox = sb.outbox().await;
+    let mail = outbox
+        .iter()
+        .find(|m| m.verification_code_id == new_id)
+        .expect("new code mailed");
+    assert_eq!(mail.key_id.as_deref(), Some(second.key.key_id.as_str()));
+    let code = code_for(&outbox, &new_id);
+    leaks.secret(code.expose_secret());
+    tw.verify(&new_id, &code)
+        .await
+        .expect("verify with new code");
+    // New code with a wrong secret is refused without echoing it.
+    let e = tw
+        .request_new_code(&second.key.api_key, &SecretString::from(wrong_secret))
+        .await
+        .expect_err("new code with wrong secret");
+    assert!(
+        matches!(
+            e,
+            ProviderError::Unauthorized { .. } | ProviderError::NotFound { .. }
+        ),
+        "{e:?}"
+    );
+    leaks.err(&e);
+
+    // Bad input: 400.
+    let e = tw
+        .create(&CreateKeyPair {
+            name: String::new(),
+            validity_days: 30,
+            role_key: None,
+        })
+        .await
+        .expect_err("empty name");
+    assert_variant(&e, "BadRequest");
+    assert_error_id(&e);
+    leaks.err(&e);
+    let e = tw
+        .create(&CreateKeyPair {
+            name: "zero days".into(),
+            validity_days: 0,
+            role_key: None,
+        })
+        .await
+        .expect_err("zero days");
+    assert_variant(&e, "BadRequest");
+    leaks.err(&e);
+
+    // Delete, then delete again: 404 with an error id.
+    tw.delete(&created.key.key_id).await.expect("delete");
+    let e = tw
+        .delete(&created.key.key_id)
+        .await
+        .expect_err("delete twice");
+    assert_variant(&e, "NotFound");
+    assert_error_id(&e);
+    assert!(e.to_string().starts_with("threatwinds delete: "), "{e}");
+    leaks.err(&e);
+    assert!(
+        !tw.list()
+            .await
+            .expect("list")
+            .iter()
+            .any(|k| k.key_id == created.key.key_id)
+    );
+    // A deleted key's secret no longer checks.
+    let e = tw.get(&lookup).await.expect_err("get deleted");
+    assert!(
+        matches!(
+            e,
+            ProviderError::NotFound { .. } | ProviderError::Unauthorized { .. }
+        ),
+        "{e:?}"
+    );
+    leaks.err(&e);
+
+    // No update API.
+    let e = tw
+        .update(&second.key.key_id, &UpdateKeyPair::default())
+        .await
+        .expect_err("update");
+    assert_variant(&e, "Unsupported");
+
+    // A bad session: 401 on every bearer call.
+    let bad_token = "badSessionToken-0123456789abcdef0123456789";
+    leaks.secret(bad_token);
+    let bad = sb.tw_client(bad_token, HttpOptions::default());
+    leaks.debug(&bad);
+    let e = bad.check_credentials().await.expect_err("bad session");
+    assert_variant(&e, "Unauthorized");
+    leaks.err(&e);
+    let e = bad.list().await.expect_err("bad session list");
+    assert_variant(&e, "Unauthorized");
+    assert!(!e.is_retryable());
+    leaks.err(&e);
+    let e = bad
+        .create(&tw_req("x"))
+        .await
+        .expect_err("bad session create");
+    assert_variant(&e, "Unauthorized");
+    leaks.err(&e);
+
+    leaks.check();
+}
+
+#[tokio::test]
+async fn threatwinds_current_dialect_lifecycle() {
+    threatwinds_lifecycle(Dialect::Current).await;
+}
+
+#[tokio::test]
+async fn threatwinds_detailed_dialect_lifecycle() {
+    threatwinds_lifecycle(Dialect::Detailed).await;
+}
+
+async fn threatwinds_faults(dialect: Dialect) {
+    let sb = Sandbox::threatwinds(dialect).await;
+    let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+    let mut leaks = Leaks::default();
+    leaks.secret(TW_TOKEN);
+
+    // Every request fails with 500: Server, retryable, with the provider's error id.
+    sb.faults(json!({"error_rate": 1.0, "error_status": 500}))
+        .await;
+    let e = tw.list().await.expect_err("injected 500");
+    assert!(
+        matches!(e, ProviderError::Server { status: 500, .. }),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
+    assert_error_id(&e);
+    leaks.err(&e);
+    sb.faults(json!({"error_rate": 1.0, "error_status": 503}))
+        .await;
+    let e = tw.check_credentials().await.expect_err("injected 503");
+    assert!(
+        matches!(e, ProviderError::Server { status: 503, .. }),
+        "{e:?}"
+    );
+    leaks.err(&e);
+    sb.clear_faults().await;
+
+    // Rate limit: ThreatWinds answers 403, which is retried with back-off.
+    sb.faults(json!({"rate_limit_rps": 1.0})).await;
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(e) = tw.list().await {
+            limited = Some(e);
+            break;
+        }
+    }
+    let e = limited.expect("rate limited within 10 calls");
+    assert_variant(&e, "Forbidden");
+    assert!(e.is_retryable());
+    leaks.err(&e);
+    sb.clear_faults().await;
+
+    // Slower than the client's timeout: Transport, retryable.
+    sb.faults(json!({"latency_ms": 2000})).await;
+    let fast = sb.tw_client(TW_TOKEN, short_timeout());
+    let started = Instant::now();
+    let e = fast.list().await.expect_err("timeout");
+    assert_variant(&e, "Transport");
+    assert!(e.is_retryable());
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    leaks.err(&e);
+    sb.clear_faults().await;
+
+    // Commit, then 500: Server; the key exists anyway.
+    let before = sb.keys().await.len();
+    sb.faults(json!({"commit_then_fail": "status500"})).await;
+    let e = tw.create(&tw_req("committed 500")).await.expect_err("500");
+    assert!(
+        matches!(e, ProviderError::Server { status: 500, .. }),
+        "{e:?}"
+    );
+    assert!(e.may_have_committed());
+    leaks.err(&e);
+    let keys = sb.keys().await;
+    assert_eq!(keys.len(), before + 1);
+    assert!(
+        keys.iter()
+            .any(|k| k.name.as_deref() == Some("committed 500"))
+    );
+
+    // Commit, then drop the connection: Transport; the key exists anyway.
+    sb.faults(json!({"commit_then_fail": "drop"})).await;
+    let e = tw
+        .create(&tw_req("committed drop"))
+        .await
+        .expect_err("drop");
+    assert_variant(&e, "Transport");
+    assert!(e.may_have_committed() && e.is_retryable());
+    leaks.err(&e);
+    let keys = sb.keys().await;
+    for k in &keys {
+        leaks.secret(k.secret.clone());
+    }
+    assert_eq!(keys.len(), before + 2);
+    assert!(
+        keys.iter()
+            .any(|k| k.name.as_deref() == Some("committed drop"))
+    );
+    // Only one create was affected: the next one works.
+    let ok = tw.create(&tw_req("after faults")).await.expect("create");
+    leaks.debug(&ok);
+    // The controller's recovery path: the committed keys are visible in the list.
+    let listed = tw.list().await.expect("list");
+    assert!(
+        listed
+            .iter()
+            .any(|k| k.name.as_deref() == Some("committed drop"))
+    );
+
+    leaks.check();
+}
+
+#[tokio::test]
+async fn threatwinds_current_dialect_faults() {
+    threatwinds_faults(Dialect::Current).await;
+}
+
+#[tokio::test]
+async fn threatwinds_detailed_dialect_faults() {
+    threatwinds_faults(Dialect::Detailed).await;
+}
+
+/// ThreatWinds answers 404 both for an unknown key and for an expired or unverified
+/// session; the client tells them apart so a delete is never "done" with a dead session.
+async fn threatwinds_dead_sessions(dialect: Dialect) {
+    // An unverified session, made the documented way.
+    let sb = Sandbox::threatwinds(dialect).await;
+    let answer: Value = sb
+        .control
+        .post(format!("{}/api/auth/v2/session", sb.url()))
+        .json(&json!({"email": "new.user@threatwinds.test"}))
+        .send()
+        .await
+        .expect("create session")
+        .json()
+        .await
+        .expect("session json");
+    let unverified = answer["bearer"].as_str().expect("bearer").to_owned();
+    let tw = sb.tw_client(&unverified, HttpOptions::default());
+    let status = tw.check_credentials().await.expect("unverified session");
+    assert!(!status.verified);
+    let e = tw.list().await.expect_err("list with unverified session");
+    assert_variant(&e, "Unauthorized");
+    assert!(e.to_string().contains("not verified"), "{e}");
+    let e = tw
+        .delete("00000000-0000-4000-8000-000000000000")
+        .await
+        .expect_err("delete with unverified session");
+    assert_variant(&e, "Unauthorized");
+    let e = tw.create(&tw_req("x")).await.expect_err("create");
+    assert_variant(&e, "Unauthorized");
+    assert!(!format!("{e} {e:?}").contains(&unverified));
+
+    // An expired session.
+    let mut cfg = SandboxConfig::threatwinds();
+    cfg.dialect = dialect;
+    cfg.session_tokens = vec![TW_TOKEN.into()];
+    cfg.session_ttl = Duration::from_millis(500);
+    let sb = Sandbox::start(cfg).await;
+    let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        match tw.check_credentials().await {
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "session never expired");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_variant(&e, "Unauthorized");
+    let e = tw
+        .delete("00000000-0000-4000-8000-000000000000")
+        .await
+        .expect_err("delete with expired session");
+    assert_variant(&e, "Unauthorized");
+    assert!(e.to_string().contains("expired"), "{e}");
+    let e = tw.extend_session().await.expect_err("extend expired");
+    assert_variant(&e, "Unauthorized");
+}
+
+#[tokio::test]
+async fn threatwinds_current_dialect_dead_sessions() {
+    threatwinds_dead_sessions(Dialect::Current).await;
+}
+
+#[tokio::test]
+async fn threatwinds_detailed_dialect_dead_sessions() {
+    threatwinds_dead_sessions(Dialect::Detailed).await;
+}
+
+#[tokio::test]
+async fn datonis_lifecycle() {
+    let sb = Sandbox::datonis(Duration::from_secs(1800)).await;
+    let dt = sb.dt_client(HttpOptions::default());
+    let mut leaks = Leaks::default();
+    leaks.secret(DT_PASSWORD);
+    leaks.debug(&dt);
+    assert_eq!(dt.kind(), ProviderKind::Datonis);
+
+    let status = dt.check_credentials().await.expect("sign in");
+    assert!(status.verified);
+
+    // Create with a role.
+    let created = dt
+        .create(&CreateKeyPair {
+            name: "ignored".into(),
+            validity_days: 30,
+            role_key: Some("517d8e4695".into()),
+        })
+        .await
+        .expect("create");
+    leaks.secret(created.api_secret.expose_secret());
+    leaks.debug(&created);
+    assert_eq!(created.key.role_key.as_deref(), Some("517d8e4695"));
+    assert_eq!(created.key.role_name.as_deref(), Some("Write Only"));
+    assert_eq!(created.key.enabled, Some(true));
+    assert!(created.verification_code_id.is_none());
+    let expiry = created.key.expire_at.expect("expiry");
+    let days = (expiry - chrono::Utc::now()).num_days();
+    assert!((28..=30).contains(&days), "expiry in {days} days: {expiry}");
+    assert!(created.key.created_at.is_some());
+    let stored = sb.keys().await;
+    let stored = stored
+        .iter()
+        .find(|k| k.id == created.key.key_id)
+        .expect("stored");
+    assert_eq!(stored.secret, created.api_secret.expose_secret());
+    assert_eq!(stored.expires_at, expiry.timestamp());
+
+    // Get returns the secret too.
+    let lookup = KeyLookup {
+        key_id: created.key.key_id.clone(),
+        api_key: created.key.api_key.clone(),
+        api_secret: None,
+    };
+    let got = dt.get(&lookup).await.expect("get");
+    assert_eq!(got.api_key, created.key.api_key);
+    assert_eq!(
+        got.api_secret
+            .as_ref()
+            .map(|s| s.expose_secret().to_owned()),
+        Some(created.api_secret.expose_secret().to_owned())
+    );
+    leaks.debug(&got);
+
+    // Update: disable, move expiry, change role.
+    let new_expiry = chrono::Utc::now().date_naive() + chrono::Days::new(60);
+    let updated = dt
+        .update(
+            &created.key.key_id,
+            &UpdateKeyPair {
+                enabled: Some(false),
+                expiry_date: Some(new_expiry),
+                role_key: Some("1946c4ce5c".into()),
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.enabled, Some(false));
+    assert_eq!(updated.role_name.as_deref(), Some("Agent"));
+    let stored = sb.keys().await;
+    let stored = stored
+        .iter()
+        .find(|k| k.id == created.key.key_id)
+        .expect("stored");
+    assert_eq!(stored.enabled, Some(false));
+    assert_eq!(stored.role_key.as_deref(), Some("1946c4ce5c"));
+    assert_eq!(
+        Some(stored.expires_at),
+        updated.expire_at.map(|d| d.timestamp())
+    );
+    // Midnight of the account's zone (India) on the day sent: the day before, 18:30 UTC.
+    let at = updated.expire_at.expect("expiry");
+    assert_eq!(
+        at.date_naive() + chrono::Days::new(1),
+        new_expiry,
+        "expiry {at} for {new_expiry}"
+    );
+    // Nothing to change: a read.
+    let same = dt
+        .update(&created.key.key_id, &UpdateKeyPair::default())
+        .await
+        .expect("empty update");
+    assert_eq!(same.enabled, Some(false));
+
+    // Errors: unknown key (404), unknown role (4xx), unsupported operations.
+    let e = dt
+        .get(&KeyLookup {
+            key_id: "0000000000000000000000000000000000000000".into(),
+            ..lookup.clone()
+        })
+        .await
+        .expect_err("unknown key");
+    assert_variant(&e, "NotFound");
+    assert!(e.to_string().starts_with("datonis get: "), "{e}");
+    leaks.err(&e);
+    let e = dt
+        .create(&CreateKeyPair {
+            name: String::new(),
+            validity_days: 30,
+            role_key: Some("no-such-role".into()),
+        })
+        .await
+        .expect_err("unknown role");
+    assert_variant(&e, "BadRequest");
+    leaks.err(&e);
+    let code = SecretString::from("123456");
+    assert_variant(
+        &dt.verify("x", &code).await.expect_err("verify"),
+        "Unsupported",
+    );
+    assert_variant(
+        &dt.request_new_code("x", &code).await.expect_err("new code"),
+        "Unsupported",
+    );
+
+    // Delete, then delete again: 404.
+    dt.delete(&created.key.key_id).await.expect("delete");
+    let e = dt
+        .delete(&created.key.key_id)
+        .await
+        .expect_err("delete twice");
+    assert_variant(&e, "NotFound");
+    leaks.err(&e);
+    assert!(sb.keys().await.iter().all(|k| k.id != created.key.key_id));
+
+    // Wrong password: 401, and the password is nowhere in the error.
+    let wrong = DatonisClient::new(
+        &sb.url(),
+        DatonisCredentials::Password {
+            email: DT_EMAIL.into(),
+            password: SecretString::from("wrong-Pa55word-123456"),
+        },
+        HttpOptions::default(),
+    )
+    .expect("client");
+    leaks.secret("wrong-Pa55word-123456");
+    leaks.debug(&wrong);
+    let e = wrong.check_credentials().await.expect_err("wrong password");
+    assert_variant(&e, "Unauthorized");
+    leaks.err(&e);
+    let e = wrong.list().await.expect_err("wrong password list");
+    assert_variant(&e, "Unauthorized");
+    leaks.err(&e);
+
+    leaks.check();
+}
+
+#[tokio::test]
+async fn datonis_token_credentials() {
+    let sb = Sandbox::datonis(Duration::from_secs(1800)).await;
+    // Sign in by hand to get a token.
+    let answer: Value = sb
+        .control
+        .post(format!("{}/api_sign_in", sb.url()))
+        .json(&json!({"email": DT_EMAIL, "password": DT_PASSWORD}))
+        .send()
+        .await
+        .expect("sign in")
+        .json()
+        .await
+        .expect("sign-in json");
+    let token = answer["auth_token"]
+        .as_str()
+        .expect("auth_token")
+        .to_owned();
+    let mut leaks = Leaks::default();
+    leaks.secret(token.clone());
+
+    let dt = DatonisClient::new(
+        &sb.url(),
+        DatonisCredentials::Token(SecretString::from(token.clone())),
+        HttpOptions::default(),
+    )
+    .expect("client");
+    leaks.debug(&dt);
+    assert!(dt.check_credentials().await.expect("token works").verified);
+    let created = dt
+        .create(&CreateKeyPair {
+            name: String::new(),
+            validity_days: 7,
+            role_key: Some("1946c4ce5c".into()),
+        })
+        .await
+        .expect("create");
+    leaks.secret(created.api_secret.expose_secret());
+    assert_eq!(dt.list().await.expect("list").len(), 1);
+
+    // A bad token: 401, and no sign-in attempt (there is no password).
+    let bad_token = "badAuthToken-0123456789abcdef";
+    leaks.secret(bad_token);
+    let bad = DatonisClient::new(
+        &sb.url(),
+        DatonisCredentials::Token(SecretString::from(bad_token)),
+        HttpOptions::default(),
+    )
+    .expect("client");
+    let e = bad.check_credentials().await.expect_err("bad token");
+    assert_variant(&e, "Unauthorized");
+    leaks.err(&e);
+    let e = bad.list().await.expect_err("bad token list");
+    assert_variant(&e, "Unauthorized");
+    leaks.err(&e);
+    assert_eq!(sb.count("POST /api_sign_in", "200").await, 1);
+
+    leaks.check();
+}
+
+#[tokio::test]
+async fn datonis_pagination_search_and_order() {
+    let sb = Sandbox::datonis(Duration::from_secs(1800)).await;
+    let dt = sb.dt_client(HttpOptions::default());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let k = dt
+            .create(&CreateKeyPair {
+                name: String::new(),
+                validity_days: 10,
+                role_key: Some("1946c4ce5c".into()),
+            })
+            .await
+            .expect("create");
+        ids.push(k.key.key_id);
+    }
+    ids.sort();
+
+    // Explicit pages of 2: 2 + 2 + 1, each with the total.
+    let mut seen = Vec::new();
+    for page in 1..=3 {
+        let p = dt
+            .list_page(&ListQuery {
+                page,
+                per: 2,
+                ..ListQuery::default()
+            })
+            .await
+            .expect("page");
+        assert_eq!(p.total_count, Some(5));
+        assert_eq!(p.page, page);
+        assert_eq!(p.key_pairs.len(), if page < 3 { 2 } else { 1 });
+        seen.extend(p.key_pairs.into_iter().map(|k| k.key_id));
+    }
+    let p = dt
+        .list_page(&ListQuery {
+            page: 4,
+            per: 2,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("page past the end");
+    assert!(p.key_pairs.is_empty());
+    seen.sort();
+    assert_eq!(seen, ids);
+
+    // list() follows every page.
+    sb.control
+        .delete(format!("{}/_sandbox/stats", sb.url()))
+        .send()
+        .await
+        .expect("reset stats");
+    let small = dt.clone().with_page_size(2);
+    let mut all: Vec<String> = small
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.key_id)
+        .collect();
+    all.sort();
+    assert_eq!(all, ids);
+    assert_eq!(sb.count("GET /api/v3/key_pairs", "200").await, 3);
+    // Exactly full last page: one extra, empty request ends it.
+    let exact = dt.clone().with_page_size(5);
+    assert_eq!(exact.list().await.expect("list").len(), 5);
+    assert_eq!(dt.list().await.expect("list").len(), 5);
+
+    // Search on key_pair_key.
+    let p = dt
+        .list_page(&ListQuery {
+            search: Some(ids[2].clone()),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("search");
+    assert_eq!(p.key_pairs.len(), 1);
+    assert_eq!(p.key_pairs[0].key_id, ids[2]);
+    assert_eq!(p.total_count, Some(1));
+
+    // Ordering.
+    for (order, want) in [
+        (SortOrder::Asc, ids.clone()),
+        (SortOrder::Desc, ids.iter().rev().cloned().collect()),
+    ] {
+        let p = dt
+            .list_page(&ListQuery {
+                order_by: Some("key_pair_key".into()),
+                order: Some(order),
+                ..ListQuery::default()
+            })
+            .await
+            .expect("ordered");
+        let got: Vec<String> = p.key_pairs.into_iter().map(|k| k.key_id).collect();
+        assert_eq!(got, want, "{order:?}");
+    }
+
+    // String timestamps parse the same as integer ones.
+    for format in [TimestampFormat::Str, TimestampFormat::Int] {
+        let p = dt
+            .list_page(&ListQuery {
+                timestamp_format: Some(format),
+                ..ListQuery::default()
+            })
+            .await
+            .expect("timestamps");
+        assert!(
+            p.key_pairs
+                .iter()
+                .all(|k| k.created_at.is_some() && k.updated_at.is_some()),
+            "{format:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn datonis_signs_in_again_after_token_expiry() {
+    let idle = Duration::from_millis(300);
+    let sb = Sandbox::datonis(idle).await;
+    let dt = sb.dt_client(HttpOptions::default());
+    dt.list().await.expect("first list signs in");
+    assert_eq!(sb.count("POST /api_sign_in", "200").await, 1);
+
+    // Wait out the idle timeout (polling, with a deadline), then the next call gets a 401,
+    // signs in again once, and succeeds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(idle + Duration::from_millis(100)).await;
+        dt.list().await.expect("list after expiry");
+        if sb.count("POST /api_sign_in", "200").await >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second sign-in before deadline"
+        );
+    }
+    assert_eq!(sb.count("POST /api_sign_in", "200").await, 2);
+    assert!(sb.count("GET /api/v3/key_pairs", "401").await >= 1);
+
+    // Concurrent calls after another expiry share one new sign-in.
+    tokio::time::sleep(idle + Duration::from_millis(100)).await;
+    let (a, b, c) = tokio::join!(dt.list(), dt.list(), dt.list());
+    a.and(b).and(c).expect("concurrent lists");
+    assert_eq!(sb.count("POST /api_sign_in", "200").await, 3);
+}
+
+#[tokio::test]
+async fn datonis_faults() {
+    let sb = Sandbox::datonis(Duration::from_secs(1800)).await;
+    let dt = sb.dt_client(HttpOptions::default());
+    let mut leaks = Leaks::default();
+    leaks.secret(DT_PASSWORD);
+    // Sign in before any fault, so faults hit the key-pair calls.
+    dt.check_credentials().await.expect("sign in");
+
+    sb.faults(json!({"error_rate": 1.0, "error_status": 500}))
+        .await;
+    let e = dt.list().await.expect_err("injected 500");
+    assert!(
+        matches!(e, ProviderError::Server { status: 500, .. }),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
+    leaks.err(&e);
+    sb.faults(json!({"error_rate": 1.0, "error_status": 400}))
+        .await;
+    let e = dt.list().await.expect_err("injected 400");
+    assert_variant(&e, "BadRequest");
+    assert!(!e.is_retryable());
+    leaks.err(&e);
+    sb.clear_faults().await;
+
+    // Rate limit: 429 with Retry-After.
+    sb.faults(json!({"rate_limit_rps": 1.0})).await;
+    let mut limited = None;
+    for _ in 0..10 {
+        if let Err(e) = dt.list().await {
+            limited = Some(e);
+            break;
+        }
+    }
+    let e = limited.expect("rate limited within 10 calls");
+    assert_variant(&e, "RateLimited");
+    assert!(e.is_retryable());
+    let wait = e.retry_after().expect("retry after");
+    assert!(
+        wait >= Duration::from_secs(1) && wait <= Duration::from_secs(5),
+        "{wait:?}"
+    );
+    leaks.err(&e);
+    sb.clear_faults().await;
+
+    // Timeout (signed in first, so the key-pair call is what times out).
+    let fast = sb.dt_client(short_timeout());
+    fast.check_credentials().await.expect("sign in");
+    sb.faults(json!({"latency_ms": 2000})).await;
+    let e = fast.list().await.expect_err("timeout");
+    assert_variant(&e, "Transport");
+    assert!(e.to_string().starts_with("datonis list: timed out"), "{e}");
+    leaks.err(&e);
+    sb.clear_faults().await;
+
+    // Commit-then-fail, both ways; the keys exist anyway.
+    let req = CreateKeyPair {
+        name: String::new(),
+        validity_days: 30,
+        role_key: Some("1946c4ce5c".into()),
+    };
+    sb.faults(json!({"commit_then_fail": "status500", "commit_then_fail_count": 1}))
+        .await;
+    let e = dt.create(&req).await.expect_err("500 after commit");
+    assert!(
+        matches!(e, ProviderError::Server { status: 500, .. }),
+        "{e:?}"
+    );
+    assert!(e.may_have_committed());
+    leaks.err(&e);
+    assert_eq!(sb.keys().await.len(), 1);
+    sb.faults(json!({"commit_then_fail": "drop"})).await;
+    let e = dt.create(&req).await.expect_err("drop after commit");
+    assert_variant(&e, "Transport");
+    assert!(e.may_have_committed());
+    leaks.err(&e);
+    let keys = sb.keys().await;
+    assert_eq!(keys.len(), 2);
+    for k in &keys {
+        leaks.secret(k.secret.clone());
+    }
+    // The controller's recovery path sees both.
+    assert_eq!(dt.list().await.expect("list").len(), 2);
+
+    leaks.check();
+}
