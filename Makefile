@@ -9,6 +9,15 @@ SANDBOX_LISTEN ?= 127.0.0.1:8090
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+.PHONY: demo
+demo: ## the demo: local control plane + sandbox + operator + a sample ApiKeyPair turning into a Secret
+	scripts/demo.sh
+
+.PHONY: demo-down
+demo-down: ## stop what `make demo` started
+	-@for f in .cluster/demo/operator.pid .cluster/demo/sandbox.pid; do [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done
+	scripts/control-plane.sh down
+
 .PHONY: test
 test: ## run every test: installs what is missing, starts a local control plane, stops it after
 	scripts/test.sh

@@ -2,15 +2,19 @@
 //! (ThreatWinds auth v2, Datonis v3) as `ApiKeyPair` custom resources.
 //!
 //! Module map:
-//! - [`conditions`]: the one vocabulary of condition types and reasons.
+//! - [`cli`]: the `run` command (flags, client set-up, signals).
 //! - [`crd`]: the custom resource types (`ApiKeyPair`, `KeyPairProvider`,
 //!   `ClusterKeyPairProvider`) and the CRD YAML generated from them.
+//! - [`conditions`]: the one vocabulary of condition types and reasons.
+//! - [`controller`]: the `ApiKeyPair` and provider controllers.
 //! - [`provider`]: the provider trait, its ThreatWinds and Datonis clients and
 //!   their shared HTTP layer.
 //! - [`sandbox`]: sandbox provider servers that behave as the providers' docs say.
 //! - [`telemetry`]: logging set-up.
 
+pub mod cli;
 pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod provider;
 pub mod sandbox;

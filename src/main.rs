@@ -18,6 +18,8 @@ enum Command {
         #[arg(long)]
         output_dir: Option<std::path::PathBuf>,
     },
+    /// Run the operator: the ApiKeyPair and provider controllers.
+    Run(keypair_operator::cli::RunArgs),
     /// Run a sandbox provider server that behaves as the provider's documentation says.
     Sandbox(keypair_operator::sandbox::SandboxArgs),
 }
@@ -32,6 +34,12 @@ fn main() -> std::process::ExitCode {
             output_dir: Some(dir),
         } => keypair_operator::crd::write_crd_files(&dir)
             .map_err(|e| format!("cannot write CRDs to {}: {e}", dir.display())),
+        Command::Run(args) => tokio::runtime::Runtime::new()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))
+            .and_then(|rt| {
+                rt.block_on(keypair_operator::cli::run(args))
+                    .map_err(|e| e.to_string())
+            }),
         Command::Sandbox(args) => {
             keypair_operator::telemetry::init_logging(
                 keypair_operator::telemetry::LogFormat::Text,

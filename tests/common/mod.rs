@@ -136,3 +136,334 @@ where
     }
 }
 
+// ---- sandbox, operator and object helpers (controller tests) ----------------------------
+
+use k8s_openapi::api::core::v1::Secret;
+use keypair_operator::crd::ApiKeyPair;
+use keypair_operator::sandbox::{self, OutboxEmail, SandboxConfig, SandboxHandle, SandboxKey};
+
+/// A sandbox provider started in this process, with typed access to its control endpoints.
+pub struct Sandbox {
+    pub handle: SandboxHandle,
+    http: reqwest::Client,
+}
+
+impl Sandbox {
+    /// Starts a sandbox on a free loopback port.
+    pub async fn start(config: SandboxConfig) -> Sandbox {
+        install_rustls_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sandbox");
+        let handle = sandbox::spawn(config, listener)
+            .await
+            .expect("start sandbox");
+        Sandbox {
+            handle,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Base URL for a provider's `url`.
+    pub fn url(&self) -> String {
+        self.handle.base_url()
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.http
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .expect("sandbox answers")
+            .json()
+            .await
+            .expect("sandbox JSON")
+    }
+
+    /// Every key pair the sandbox holds.
+    pub async fn keys(&self) -> Vec<SandboxKey> {
+        self.get_json("/_sandbox/keys").await
+    }
+
+    /// Every "email" sent.
+    pub async fn outbox(&self) -> Vec<OutboxEmail> {
+        self.get_json("/_sandbox/outbox").await
+    }
+
+    /// Request counts per endpoint and status.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.get_json("/_sandbox/stats").await
+    }
+
+    /// Requests seen for one endpoint (all statuses).
+    pub async fn count(&self, endpoint: &str) -> u64 {
+        let stats = self.stats().await;
+        stats[endpoint]
+            .as_object()
+            .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum())
+    }
+
+    /// Sets injected faults (see `PUT /_sandbox/faults`).
+    pub async fn faults(&self, faults: serde_json::Value) {
+        let response = self
+            .http
+            .put(format!("{}/_sandbox/faults", self.url()))
+            .json(&faults)
+            .send()
+            .await
+            .expect("sandbox answers");
+        assert!(
+            response.status().is_success(),
+            "set faults: {}",
+            response.status()
+        );
+    }
+
+    /// The code emailed for a ThreatWinds verification code id.
+    pub async fn code_for(&self, verification_code_id: &str) -> String {
+        self.outbox()
+            .await
+            .into_iter()
+            .find(|m| m.verification_code_id == verification_code_id)
+            .map(|m| m.code)
+            .unwrap_or_else(|| panic!("no email for code {verification_code_id}"))
+    }
+}
+
+/// The operator binary running against the test cluster, watching one namespace; killed
+/// when dropped. Its log goes to `target/test-logs/<name>.log`.
+pub struct Operator {
+    child: Option<tokio::process::Child>,
+    pub log: PathBuf,
+    namespace: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Operator {
+    /// Fast intervals so tests see checks and verification quickly.
+    pub const FAST: [&'static str; 4] = [
+        "--check-interval",
+        "3s",
+        "--verification-poll-interval",
+        "1s",
+    ];
+
+    /// Starts the operator for `namespace` with extra `args` and environment.
+    pub async fn start(namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
+        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let mut operator = Operator {
+            child: None,
+            log: log_dir.join(format!("{namespace}.log")),
+            namespace: namespace.to_owned(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        operator.spawn().await;
+        operator
+    }
+
+    async fn spawn(&mut self) {
+        let kubeconfig = kubeconfig_path().await;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keypair-operator"));
+        command
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--namespace")
+            .arg(&self.namespace)
+            .args(&self.args)
+            .env_remove("KPO_FAILPOINT")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .kill_on_drop(true);
+        self.child = Some(command.spawn().expect("start operator"));
+    }
+
+    /// Restarts the operator with different environment (e.g. without a failpoint).
+    pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.stop().await;
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn().await;
+    }
+
+    /// Stops the operator (SIGKILL) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Waits until the operator process exits by itself (a failpoint abort).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("operator running");
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "operator did not exit within {timeout:?}; log: {}",
+                    self.log.display()
+                )
+            })
+            .expect("wait operator");
+        self.child = None;
+        status
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Creates (or replaces) an Opaque Secret with string data.
+pub async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+    }))
+    .expect("secret object");
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply secret {name}: {e}"));
+}
+
+/// Applies any object given as JSON by server-side apply (namespaced when `ns` is given).
+pub async fn apply_json<K>(client: &Client, ns: Option<&str>, object: serde_json::Value) -> K
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let resource = kube::core::ApiResource::erase::<K>(&());
+    let api: Api<kube::core::DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    serde_json::from_value(serde_json::to_value(applied).expect("object JSON"))
+        .expect("typed object")
+}
+
+/// Waits until the `ApiKeyPair` satisfies `check`, returning it.
+pub async fn wait_akp(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ApiKeyPair) -> bool,
+) -> ApiKeyPair {
+    let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(akp)) = api.get_opt(name).await {
+            if check(&akp) {
+                return akp;
+            }
+            last = Some(akp);
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {ns}/{name}: {what}; last status: {}",
+                serde_json::to_string_pretty(&last.and_then(|a| a.status)).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The condition of `type_` on an `ApiKeyPair`, as (status, reason).
+pub fn condition(akp: &ApiKeyPair, type_: &str) -> Option<(String, String)> {
+    akp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Whether the `ApiKeyPair`'s `Ready` condition has this status and reason.
+pub fn ready_is(akp: &ApiKeyPair, status: &str, reason: &str) -> bool {
+    condition(akp, "Ready") == Some((status.to_owned(), reason.to_owned()))
+}
+
+/// The data of a Secret as strings, if it exists.
+pub async fn secret_data(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get_opt(name).await.ok()??;
+    Some(
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect(),
+    )
+}
+
+/// Events about one object in a namespace, as (reason, note), oldest first.
+pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let mut events: Vec<_> = api
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    events.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
+    events
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// Every event in a namespace (events.k8s.io/v1).
+pub async fn all_events(client: &Client, ns: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}

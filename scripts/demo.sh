@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The demo (`make demo`): a local control plane, a ThreatWinds sandbox, the operator, and
+# the sample in examples/threatwinds.yaml, verified with the code from the sandbox's
+# outbox. Everything keeps running afterwards; `make demo-down` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO=.cluster/demo
+log() { printf '\n==> %s\n' "$*"; }
+
+log "control plane"
+scripts/control-plane.sh install
+KUBECONFIG=$(scripts/control-plane.sh up)
+export KUBECONFIG
+mkdir -p "$DEMO"
+
+log "building the operator"
+cargo build --quiet
+BIN=target/debug/keypair-operator
+
+stop_pid() { [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null || true; rm -f "$1"; }
+stop_pid "$DEMO/operator.pid"
+stop_pid "$DEMO/sandbox.pid"
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+TOKEN=demo-session-$(openssl rand -hex 16)
+log "ThreatWinds sandbox on 127.0.0.1:$PORT"
+"$BIN" sandbox --provider threatwinds --listen "127.0.0.1:$PORT" --session-token "$TOKEN" \
+  --state-file "$DEMO/sandbox-state.json" >"$DEMO/sandbox.log" 2>&1 &
+echo $! >"$DEMO/sandbox.pid"
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/_sandbox/keys" >/dev/null && break; sleep 0.1; done
+
+log "CRDs"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+
+log "operator (log: $DEMO/operator.log)"
+"$BIN" run --verification-poll-interval 2s >"$DEMO/operator.log" 2>&1 &
+echo $! >"$DEMO/operator.pid"
+
+log "applying examples/threatwinds.yaml"
+kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+sed -e "s#SANDBOX_URL#http://127.0.0.1:$PORT#" -e "s#SESSION_TOKEN#$TOKEN#" examples/threatwinds.yaml \
+  | kubectl -n demo apply -f -
+
+log "waiting for the key pair and its verification code"
+CODE_ID=""
+for _ in $(seq 1 120); do
+  CODE_ID=$(kubectl -n demo get akp billing-api -o jsonpath='{.status.verificationCodeID}' 2>/dev/null || true)
+  [ -n "$CODE_ID" ] && break
+  sleep 0.5
+done
+[ -n "$CODE_ID" ] || { echo "no verification code id; see $DEMO/operator.log" >&2; exit 1; }
+kubectl -n demo get akp billing-api
+CODE=$(curl -sf "http://127.0.0.1:$PORT/_sandbox/outbox" | python3 -c "import json,sys; print(next(m['code'] for m in json.load(sys.stdin) if m['verificationCodeID']=='$CODE_ID'))")
+log "submitting the emailed code from the sandbox outbox"
+kubectl -n demo create secret generic billing-api-code --from-literal=code="$CODE" --dry-run=client -o yaml | kubectl -n demo apply -f -
+kubectl -n demo wait --for=condition=Ready akp/billing-api --timeout=120s >/dev/null
+
+log "kubectl get akp"
+kubectl -n demo get akp
+log "the Secret's keys (the secret value is not printed)"
+kubectl -n demo get secret billing-api -o go-template='{{range $k, $v := .data}}{{$k}}{{"\n"}}{{end}}'
+printf 'apiKey = %s\n' "$(kubectl -n demo get secret billing-api -o jsonpath='{.data.apiKey}' | base64 -d)"
+
+cat <<MSG
+
+Demo is running. Try:
+  export KUBECONFIG=$KUBECONFIG
+  kubectl -n demo describe akp billing-api
+  kubectl -n demo delete akp billing-api    # deletes the remote key too
+Stop everything with: make demo-down
+MSG

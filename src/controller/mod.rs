@@ -1,0 +1,443 @@
+//! The controllers: `ApiKeyPair` reconciliation (create, Secret, verification, observe,
+//! update/replace, delete) and provider readiness, wired into kube-runtime.
+//!
+//! Layout: [`plan`] holds the decisions as pure functions, [`secret`] the pure Secret
+//! builder, [`providers`] resolves provider resources into rate-limited clients and keeps
+//! provider status, [`key_pair`] performs the `ApiKeyPair` lifecycle (the I/O), and this
+//! module holds the shared [`Context`], the error type and the wiring.
+
+pub mod key_pair;
+pub mod plan;
+pub mod providers;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::conditions::reason;
+use crate::crd::{ApiKeyPair, ClusterKeyPairProvider, KeyPairProvider, ProviderRefKind};
+use crate::provider::ProviderError;
+
+/// Finalizer that keeps an `ApiKeyPair` until its remote key is dealt with.
+pub const FINALIZER: &str = "keypairs.dev/remote-key";
+/// Annotation: any new value asks the provider for a new verification code.
+pub const REQUEST_NEW_CODE_ANNOTATION: &str = "keypairs.dev/request-new-code";
+/// Annotation: `"true"` releases a resource without touching the remote key.
+pub const FORCE_ORPHAN_ANNOTATION: &str = "keypairs.dev/force-orphan";
+/// Field manager of every server-side apply and patch the operator makes.
+pub const MANAGER: &str = "keypair-operator";
+
+/// Knobs of the controllers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often each key pair is checked at the provider (jittered ±10%).
+    pub check_interval: Duration,
+    /// How often a key pair that waits for its verification code looks for it.
+    pub verification_poll_interval: Duration,
+    /// Extend a ThreatWinds session when it expires sooner than this.
+    pub session_refresh_margin: Duration,
+    /// Reconciles running at once, per controller.
+    pub concurrency: u16,
+    /// Timeout of each provider request.
+    pub provider_timeout: Duration,
+    /// Largest back-off after repeated failures of one object.
+    pub max_backoff: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_secs(3600),
+            verification_poll_interval: Duration::from_secs(30),
+            session_refresh_margin: Duration::from_secs(3600),
+            concurrency: 8,
+            provider_timeout: Duration::from_secs(15),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Which namespaces the operator watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace.
+    All,
+    /// Only these namespaces.
+    Namespaces(Vec<String>),
+}
+
+/// State shared by every reconcile.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// The one event recorder.
+    pub recorder: Recorder,
+    /// Provider clients and rate limiters.
+    pub providers: providers::Registry,
+    /// Cache of the Secrets this operator owns (selected by label).
+    pub secrets: Store<Secret>,
+    /// Cache of every `ApiKeyPair` (to find which keys other resources reference).
+    pub key_pairs: Store<ApiKeyPair>,
+    /// Knobs.
+    pub settings: Settings,
+    /// Consecutive failures per object, for exponential back-off.
+    failures: Mutex<HashMap<ObjectRef<ApiKeyPair>, u32>>,
+    /// When each key pair was last checked at the provider, by UID.
+    last_checks: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+impl Context {
+    /// A context over the given caches (the controllers build theirs from watches).
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        providers: providers::Registry,
+        secrets: Store<Secret>,
+        key_pairs: Store<ApiKeyPair>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            providers,
+            secrets,
+            key_pairs,
+            settings,
+            failures: Mutex::default(),
+            last_checks: Mutex::default(),
+        }
+    }
+
+    /// Publishes an event about `akp`; failures to publish are logged, never fatal.
+    pub async fn event(
+        &self,
+        akp: &ApiKeyPair,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &akp.object_ref(&())).await {
+            warn!(%error, "cannot publish event");
+        }
+    }
+
+    /// Whether the key pair with `uid` is due for a provider check, and if so, marks it
+    /// checked now. The first reconcile of each key pair in this process is always due.
+    pub fn check_due(&self, uid: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        let Ok(mut checks) = self.last_checks.lock() else {
+            return true;
+        };
+        let due = checks.get(uid).is_none_or(|last| {
+            now.duration_since(*last) >= self.settings.check_interval.mul_f64(0.9)
+        });
+        if due {
+            checks.insert(uid.to_owned(), now);
+        }
+        due
+    }
+
+    /// Forgets the last check of `uid`, so the next reconcile checks again.
+    pub fn forget_check(&self, uid: &str) {
+        if let Ok(mut checks) = self.last_checks.lock() {
+            checks.remove(uid);
+        }
+    }
+
+    fn record_failure(&self, object: ObjectRef<ApiKeyPair>) -> u32 {
+        let Ok(mut failures) = self.failures.lock() else {
+            return 1;
+        };
+        let count = failures.entry(object).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    pub(crate) fn reset_failures(&self, object: &ObjectRef<ApiKeyPair>) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(object);
+        }
+    }
+}
+
+/// Everything a reconcile can fail with, each with a condition reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A provider call failed.
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    /// The referenced provider resource does not exist.
+    #[error("{0}")]
+    ProviderNotFound(String),
+    /// The referenced provider may not be used from this namespace.
+    #[error("{0}")]
+    ProviderNotAllowed(String),
+    /// The provider's credentials are missing or rejected.
+    #[error("{0}")]
+    ProviderNotReady(String),
+    /// The spec cannot work with the chosen provider.
+    #[error("{0}")]
+    InvalidSpec(String),
+    /// A Secret of the wanted name belongs to someone else.
+    #[error("{0}")]
+    SecretConflict(String),
+    /// An interrupted create left keys that cannot be told apart safely.
+    #[error("{0}")]
+    CreateAmbiguous(String),
+    /// The cached object was stale; the write was refused and will be retried.
+    #[error("the object changed since it was read; retrying with the new version")]
+    Stale,
+    /// The finalizer helper failed.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The condition reason that describes this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) | Error::Stale => reason::PROGRESSING,
+            Error::Provider(e) => provider_reason(e),
+            Error::ProviderNotFound(_) => reason::PROVIDER_NOT_FOUND,
+            Error::ProviderNotAllowed(_) => reason::PROVIDER_NOT_ALLOWED,
+            Error::ProviderNotReady(_) => reason::PROVIDER_NOT_READY,
+            Error::InvalidSpec(_) => reason::INVALID_SPEC,
+            Error::SecretConflict(_) => reason::SECRET_CONFLICT,
+            Error::CreateAmbiguous(_) => reason::CREATE_AMBIGUOUS,
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => reason::PROGRESSING,
+            },
+        }
+    }
+
+    /// Whether retrying soon can help (as opposed to waiting for a spec or Secret change).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Kube(_) | Error::Stale => true,
+            Error::Provider(e) => e.is_retryable(),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_retryable(),
+                _ => true,
+            },
+            // Fixed by someone else (a provider appears, a Secret is created): the watches
+            // trigger a reconcile then, and a slow retry covers what they cannot see.
+            _ => false,
+        }
+    }
+
+    /// The provider's `Retry-After`, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Provider(e) => e.retry_after(),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// The condition reason for a provider error.
+pub fn provider_reason(error: &ProviderError) -> &'static str {
+    match error {
+        ProviderError::Unauthorized { .. } => reason::PROVIDER_NOT_READY,
+        ProviderError::RateLimited { .. } | ProviderError::Forbidden { .. } => reason::RATE_LIMITED,
+        ProviderError::Server { .. } | ProviderError::Transport { .. } => {
+            reason::REMOTE_UNAVAILABLE
+        }
+        ProviderError::UnexpectedResponse { .. } => reason::UNEXPECTED_RESPONSE,
+        ProviderError::NotFound { .. }
+        | ProviderError::BadRequest { .. }
+        | ProviderError::Unsupported { .. } => reason::REMOTE_REJECTED,
+    }
+}
+
+/// Back-off after the `failures`-th consecutive failure: exponential from 1 s, capped,
+/// with ±25% jitter so that objects failing together do not retry together; never
+/// sooner than the provider's `Retry-After`.
+pub fn backoff(
+    failures: u32,
+    jitter_unit: f64,
+    cap: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    let base = Duration::from_secs(1u64 << exponent).min(cap);
+    let jittered = base.mul_f64(0.75 + 0.5 * jitter_unit.clamp(0.0, 1.0));
+    retry_after.map_or(jittered, |r| jittered.max(r))
+}
+
+/// kube-runtime's error policy: per-object exponential back-off with jitter; terminal
+/// errors wait for the next check (a spec change triggers a reconcile anyway).
+pub fn error_policy(akp: Arc<ApiKeyPair>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(ObjectRef::from_obj(akp.as_ref()));
+    if !error.is_retryable() {
+        return Action::requeue(ctx.settings.check_interval.min(ctx.settings.max_backoff));
+    }
+    Action::requeue(backoff(
+        failures,
+        rand::random(),
+        ctx.settings.max_backoff,
+        error.retry_after(),
+    ))
+}
+
+/// How the operator reaches the API server.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Knobs.
+    pub settings: Settings,
+    /// Watched namespaces.
+    pub scope: Option<Scope>,
+    /// Name of this instance in events (pod name).
+    pub instance: Option<String>,
+}
+
+/// Runs the `ApiKeyPair` and provider controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let settings = options.settings;
+    let scope = options.scope.unwrap_or(Scope::All);
+    let reporter = Reporter {
+        controller: MANAGER.to_owned(),
+        instance: options.instance,
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+
+    let namespaces: Vec<Option<String>> = match &scope {
+        Scope::All => vec![None],
+        Scope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
+    };
+
+    let mut tasks = Vec::new();
+    let registry = providers::Registry::new(client.clone(), settings.provider_timeout);
+    for namespace in namespaces {
+        let api = |client: &Client| -> (Api<ApiKeyPair>, Api<Secret>, Api<KeyPairProvider>) {
+            match &namespace {
+                None => (
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                    Api::all(client.clone()),
+                ),
+                Some(ns) => (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                ),
+            }
+        };
+        let (key_pairs, secrets, kpp) = api(&client);
+
+        let (secret_store, secret_writer) = reflector::store();
+        let secret_stream = watcher(
+            secrets,
+            watcher::Config::default().labels(secret::MANAGED_SELECTOR),
+        )
+        .default_backoff()
+        .reflect(secret_writer)
+        .touched_objects();
+
+        let controller = Controller::new(key_pairs, watcher::Config::default()).with_config(
+            kube::runtime::controller::Config::default().concurrency(settings.concurrency),
+        );
+        let key_pair_store = controller.store();
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            recorder.clone(),
+            registry.clone(),
+            secret_store,
+            key_pair_store.clone(),
+            settings.clone(),
+        ));
+        let by_provider = |kind: ProviderRefKind, store: Store<ApiKeyPair>| {
+            move |provider_name: String, provider_ns: Option<String>| {
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|akp| {
+                        akp.spec.provider_ref.kind == kind
+                            && akp.spec.provider_ref.name == provider_name
+                            && (provider_ns.is_none() || akp.namespace() == provider_ns)
+                    })
+                    .map(|akp| ObjectRef::from_obj(akp.as_ref()))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let namespaced_map = by_provider(ProviderRefKind::KeyPairProvider, key_pair_store.clone());
+        let cluster_map = by_provider(
+            ProviderRefKind::ClusterKeyPairProvider,
+            key_pair_store.clone(),
+        );
+        let controller = controller
+            .owns_stream(secret_stream)
+            .watches(
+                kpp,
+                watcher::Config::default(),
+                move |p: KeyPairProvider| namespaced_map(p.name_any(), p.namespace()),
+            )
+            .watches(
+                Api::<ClusterKeyPairProvider>::all(client.clone()),
+                watcher::Config::default(),
+                move |p: ClusterKeyPairProvider| cluster_map(p.name_any(), None),
+            )
+            .graceful_shutdown_on(shutdown.clone())
+            .run(key_pair::reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                    Err(error) => tracing::debug!(%error, "reconcile failed"),
+                }
+            });
+        tasks.push(futures::FutureExt::boxed(controller));
+
+        let (_, _, kpp) = api(&client);
+        tasks.push(futures::FutureExt::boxed(providers::run_namespaced(
+            kpp,
+            registry.clone(),
+            recorder.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        )));
+    }
+    tasks.push(futures::FutureExt::boxed(providers::run_cluster(
+        Api::all(client.clone()),
+        registry,
+        recorder,
+        settings,
+        shutdown,
+    )));
+    info!(?scope, "controllers started");
+    futures::future::join_all(tasks).await;
+    info!("controllers stopped");
+}

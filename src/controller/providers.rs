@@ -1,0 +1,748 @@
+//! Provider resources, seen from the controllers: which provider an `ApiKeyPair` may use,
+//! clients built from the credential Secrets (cached until the provider or its Secret
+//! changes), one shared rate limiter per provider, and the provider controllers that keep
+//! each provider's `Ready` condition and ThreatWinds session alive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use super::{Error, Settings};
+use crate::conditions::{self, READY, reason, status};
+use crate::crd::{
+    ApiKeyPair, ClusterKeyPairProvider, KeyPairProvider, ProviderConnection, ProviderRefKind,
+    ProviderStatus, RateLimit,
+};
+use crate::provider::{
+    CreateKeyPair, CreatedKeyPair, CredentialStatus, DatonisClient, DatonisCredentials,
+    HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RemoteKeyPair,
+    ThreatWindsClient, UpdateKeyPair,
+};
+
+/// What both provider kinds have in common for the controllers.
+pub trait ProviderResource:
+    Resource<DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The connection part of the spec.
+    fn connection(&self) -> &ProviderConnection;
+    /// The namespace of the credential Secrets.
+    fn credentials_namespace(&self) -> Option<String>;
+    /// The current status.
+    fn provider_status(&self) -> Option<&ProviderStatus>;
+    /// `Kind namespace/name`, for messages.
+    fn describe(&self) -> String;
+    /// An API handle for writing this object's status.
+    fn api_for(&self, client: Client) -> Api<Self>;
+}
+
+impl ProviderResource for KeyPairProvider {
+    fn connection(&self) -> &ProviderConnection {
+        &self.spec.connection
+    }
+    fn credentials_namespace(&self) -> Option<String> {
+        self.namespace()
+    }
+    fn provider_status(&self) -> Option<&ProviderStatus> {
+        self.status.as_ref()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "KeyPairProvider {}/{}",
+            self.namespace().unwrap_or_default(),
+            self.name_any()
+        )
+    }
+    fn api_for(&self, client: Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+}
+
+impl ProviderResource for ClusterKeyPairProvider {
+    fn connection(&self) -> &ProviderConnection {
+        &self.spec.connection
+    }
+    fn credentials_namespace(&self) -> Option<String> {
+        Some(self.spec.credentials_namespace.clone())
+    }
+    fn provider_status(&self) -> Option<&ProviderStatus> {
+        self.status.as_ref()
+    }
+    fn describe(&self) -> String {
+        format!("ClusterKeyPairProvider {}", self.name_any())
+    }
+    fn api_for(&self, client: Client) -> Api<Self> {
+        Api::all(client)
+    }
+}
+
+/// A concrete provider client (ThreatWinds sessions need the concrete type).
+#[derive(Clone)]
+pub enum Backend {
+    /// ThreatWinds auth v2.
+    Threatwinds(Arc<ThreatWindsClient>),
+    /// Datonis v3.
+    Datonis(Arc<DatonisClient>),
+}
+
+impl Backend {
+    fn api(&self) -> &dyn KeyPairApi {
+        match self {
+            Backend::Threatwinds(c) => c.as_ref(),
+            Backend::Datonis(c) => c.as_ref(),
+        }
+    }
+}
+
+/// A provider client behind the provider's shared rate limiter: every call waits for a
+/// token first, so all `ApiKeyPair`s together never exceed `spec.rateLimit`.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    backend: Backend,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    /// `Kind namespace/name` of the provider resource.
+    pub description: String,
+}
+
+impl ProviderHandle {
+    async fn ready(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+    }
+
+    /// Extends the ThreatWinds session (no-op for Datonis); returns the new expiry.
+    pub async fn extend_session(&self) -> Result<Option<chrono::DateTime<Utc>>, ProviderError> {
+        match &self.backend {
+            Backend::Threatwinds(c) => {
+                self.ready().await;
+                c.extend_session().await
+            }
+            Backend::Datonis(_) => Ok(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyPairApi for ProviderHandle {
+    fn kind(&self) -> ProviderKind {
+        self.backend.api().kind()
+    }
+    async fn check_credentials(&self) -> Result<CredentialStatus, ProviderError> {
+        self.ready().await;
+        self.backend.api().check_credentials().await
+    }
+    async fn create(&self, req: &CreateKeyPair) -> Result<CreatedKeyPair, ProviderError> {
+        self.ready().await;
+        self.backend.api().create(req).await
+    }
+    async fn get(&self, key: &KeyLookup) -> Result<RemoteKeyPair, ProviderError> {
+        self.ready().await;
+        self.backend.api().get(key).await
+    }
+    async fn list(&self) -> Result<Vec<RemoteKeyPair>, ProviderError> {
+        self.ready().await;
+        self.backend.api().list().await
+    }
+    async fn delete(&self, key_id: &str) -> Result<(), ProviderError> {
+        self.ready().await;
+        self.backend.api().delete(key_id).await
+    }
+    async fn verify(
+        &self,
+        verification_code_id: &str,
+        code: &SecretString,
+    ) -> Result<(), ProviderError> {
+        self.ready().await;
+        self.backend.api().verify(verification_code_id, code).await
+    }
+    async fn request_new_code(
+        &self,
+        api_key: &str,
+        api_secret: &SecretString,
+    ) -> Result<String, ProviderError> {
+        self.ready().await;
+        self.backend
+            .api()
+            .request_new_code(api_key, api_secret)
+            .await
+    }
+    async fn update(
+        &self,
+        key_id: &str,
+        req: &UpdateKeyPair,
+    ) -> Result<RemoteKeyPair, ProviderError> {
+        self.ready().await;
+        self.backend.api().update(key_id, req).await
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct ProviderKey {
+    kind: ProviderRefKind,
+    namespace: Option<String>,
+    name: String,
+}
+
+struct CachedBackend {
+    /// Provider UID + generation + credential Secret resourceVersion.
+    fingerprint: String,
+    backend: Backend,
+}
+
+struct CachedLimiter {
+    rate_limit: RateLimit,
+    limiter: Arc<DefaultDirectRateLimiter>,
+}
+
+/// Builds and caches provider clients; shared by every controller.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    timeout: Duration,
+    backends: Arc<Mutex<HashMap<ProviderKey, CachedBackend>>>,
+    limiters: Arc<Mutex<HashMap<ProviderKey, CachedLimiter>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(client: Client, timeout: Duration) -> Self {
+        Self {
+            client,
+            timeout,
+            backends: Arc::default(),
+            limiters: Arc::default(),
+        }
+    }
+
+    /// Resolves the provider an `ApiKeyPair` refers to, enforcing who may use it.
+    pub async fn for_key_pair(&self, akp: &ApiKeyPair) -> Result<ProviderHandle, Error> {
+        let reference = &akp.spec.provider_ref;
+        let namespace = akp.namespace().unwrap_or_default();
+        match reference.kind {
+            ProviderRefKind::KeyPairProvider => {
+                let api: Api<KeyPairProvider> = Api::namespaced(self.client.clone(), &namespace);
+                let provider = api.get_opt(&reference.name).await?.ok_or_else(|| {
+                    Error::ProviderNotFound(format!(
+                        "KeyPairProvider {namespace}/{} not found (a KeyPairProvider must be in the same namespace as the ApiKeyPair)",
+                        reference.name
+                    ))
+                })?;
+                self.handle_checked(&provider, ProviderRefKind::KeyPairProvider)
+                    .await
+            }
+            ProviderRefKind::ClusterKeyPairProvider => {
+                let api: Api<ClusterKeyPairProvider> = Api::all(self.client.clone());
+                let provider = api.get_opt(&reference.name).await?.ok_or_else(|| {
+                    Error::ProviderNotFound(format!(
+                        "ClusterKeyPairProvider {} not found",
+                        reference.name
+                    ))
+                })?;
+                self.check_namespace_allowed(&provider, &namespace).await?;
+                self.handle_checked(&provider, ProviderRefKind::ClusterKeyPairProvider)
+                    .await
+            }
+        }
+    }
+
+    async fn check_namespace_allowed(
+        &self,
+        provider: &ClusterKeyPairProvider,
+        namespace: &str,
+    ) -> Result<(), Error> {
+        let spec = &provider.spec;
+        if spec.allowed_namespaces.is_empty() && spec.namespace_selector.is_none() {
+            return Ok(());
+        }
+        if spec.allowed_namespaces.iter().any(|n| n == namespace) {
+            return Ok(());
+        }
+        if let Some(selector) = &spec.namespace_selector {
+            let ns = Api::<Namespace>::all(self.client.clone())
+                .get(namespace)
+                .await?;
+            let labels = ns.metadata.labels.unwrap_or_default();
+            if selector_matches(selector, &labels) {
+                return Ok(());
+            }
+        }
+        Err(Error::ProviderNotAllowed(format!(
+            "ClusterKeyPairProvider {} does not allow namespace {namespace}",
+            provider.name_any()
+        )))
+    }
+
+    /// A handle for `provider` that also refuses a provider whose credentials its last
+    /// check found missing or rejected, so that every `ApiKeyPair` reports
+    /// `ProviderNotReady` with the provider's reason. A provider that was merely
+    /// unreachable is not refused: the key pair's own call finds out whether it still is.
+    async fn handle_checked<P: ProviderResource>(
+        &self,
+        provider: &P,
+        kind: ProviderRefKind,
+    ) -> Result<ProviderHandle, Error> {
+        if let Some(ready) = provider
+            .provider_status()
+            .and_then(|s| conditions::find(&s.conditions, READY))
+            && ready.status == status::FALSE
+            && [reason::CREDENTIALS_MISSING, reason::CREDENTIALS_REJECTED]
+                .contains(&ready.reason.as_str())
+        {
+            return Err(Error::ProviderNotReady(format!(
+                "{} is not ready: {}",
+                provider.describe(),
+                ready.message
+            )));
+        }
+        self.handle(provider, kind).await
+    }
+
+    /// A (cached) rate-limited client for `provider`.
+    pub async fn handle<P: ProviderResource>(
+        &self,
+        provider: &P,
+        kind: ProviderRefKind,
+    ) -> Result<ProviderHandle, Error> {
+        let key = ProviderKey {
+            kind,
+            namespace: provider.namespace(),
+            name: provider.name_any(),
+        };
+        let connection = provider.connection();
+        let credentials_ns = provider.credentials_namespace().unwrap_or_default();
+        let secret_name = match (&connection.threatwinds, &connection.datonis) {
+            (Some(tw), None) => tw.session_secret_ref.name.clone(),
+            (None, Some(d)) => d.credentials_secret_ref.name.clone(),
+            _ => {
+                return Err(Error::ProviderNotReady(format!(
+                    "{} must set exactly one of threatwinds and datonis",
+                    provider.describe()
+                )));
+            }
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &credentials_ns);
+        let missing = || {
+            Error::ProviderNotReady(format!(
+                "{}: credentials Secret {credentials_ns}/{secret_name} not found",
+                provider.describe()
+            ))
+        };
+        // Metadata only: the data is read again only when the Secret changed.
+        let meta = secrets
+            .get_metadata_opt(&secret_name)
+            .await?
+            .ok_or_else(missing)?;
+        let fingerprint = format!(
+            "{}/{}/{}",
+            provider.uid().unwrap_or_default(),
+            provider.meta().generation.unwrap_or_default(),
+            meta.resource_version().unwrap_or_default()
+        );
+        let cached = self.backends.lock().ok().and_then(|map| {
+            map.get(&key)
+                .filter(|c| c.fingerprint == fingerprint)
+                .map(|c| c.backend.clone())
+        });
+        let backend = match cached {
+            Some(backend) => backend,
+            None => {
+                let secret = secrets.get_opt(&secret_name).await?.ok_or_else(missing)?;
+                let backend = self.build_backend(provider, connection, &secret)?;
+                if let Ok(mut map) = self.backends.lock() {
+                    map.insert(
+                        key.clone(),
+                        CachedBackend {
+                            fingerprint,
+                            backend: backend.clone(),
+                        },
+                    );
+                }
+                backend
+            }
+        };
+        Ok(ProviderHandle {
+            backend,
+            limiter: self.limiter(&key, connection.rate_limit.as_ref()),
+            description: provider.describe(),
+        })
+    }
+
+    fn limiter(
+        &self,
+        key: &ProviderKey,
+        rate_limit: Option<&RateLimit>,
+    ) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let mut limiters = self.limiters.lock().ok()?;
+        let Some(rate_limit) = rate_limit else {
+            limiters.remove(key);
+            return None;
+        };
+        if let Some(cached) = limiters.get(key).filter(|c| &c.rate_limit == rate_limit) {
+            return Some(cached.limiter.clone());
+        }
+        let period = Duration::from_secs_f64(1.0 / rate_limit.requests_per_second.max(0.0001));
+        let burst = NonZeroU32::new(rate_limit.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)?.allow_burst(burst);
+        let limiter = Arc::new(DefaultDirectRateLimiter::direct(quota));
+        limiters.insert(
+            key.clone(),
+            CachedLimiter {
+                rate_limit: rate_limit.clone(),
+                limiter: limiter.clone(),
+            },
+        );
+        Some(limiter)
+    }
+
+    fn build_backend<P: ProviderResource>(
+        &self,
+        provider: &P,
+        connection: &ProviderConnection,
+        secret: &Secret,
+    ) -> Result<Backend, Error> {
+        let data = secret.data.clone().unwrap_or_default();
+        let value = |key: &str| -> Option<String> {
+            data.get(key)
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let options = HttpOptions {
+            timeout: self.timeout,
+            ..HttpOptions::default()
+        };
+        let not_ready =
+            |what: String| Error::ProviderNotReady(format!("{}: {what}", provider.describe()));
+        let secret_name = secret.name_any();
+        if let Some(tw) = &connection.threatwinds {
+            let key = &tw.session_secret_ref.key;
+            let token = value(key).ok_or_else(|| {
+                not_ready(format!("credentials Secret {secret_name} has no key {key}"))
+            })?;
+            let client = ThreatWindsClient::new(&tw.url, SecretString::from(token), options)?;
+            return Ok(Backend::Threatwinds(Arc::new(client)));
+        }
+        let Some(datonis) = &connection.datonis else {
+            return Err(not_ready("no provider configured".to_owned()));
+        };
+        let credentials = match (value("email"), value("password"), value("authToken")) {
+            (Some(email), Some(password), _) => DatonisCredentials::Password {
+                email,
+                password: SecretString::from(password),
+            },
+            (_, _, Some(token)) => DatonisCredentials::Token(SecretString::from(token)),
+            _ => {
+                return Err(not_ready(format!(
+                    "credentials Secret {secret_name} needs keys email and password, or authToken"
+                )));
+            }
+        };
+        let client = DatonisClient::new(&datonis.url, credentials, options)?;
+        Ok(Backend::Datonis(Arc::new(client)))
+    }
+}
+
+/// Whether `labels` match a Kubernetes label selector (matchLabels and matchExpressions).
+pub fn selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// Context of the provider controllers.
+struct ProviderContext {
+    client: Client,
+    registry: Registry,
+    recorder: Recorder,
+    settings: Settings,
+}
+
+/// The status a credential check leads to, and when to check again.
+fn provider_outcome(
+    result: &Result<CredentialStatus, Error>,
+    settings: &Settings,
+) -> (conditions::Desired<'static>, Option<String>, Duration) {
+    let ready = |status, reason, message| conditions::Desired {
+        type_: READY,
+        status,
+        reason,
+        message,
+    };
+    match result {
+        Ok(creds) if creds.verified => {
+            let next = creds
+                .expire_at
+                .and_then(|t| (t - Utc::now()).to_std().ok())
+                .map(|left| {
+                    left.saturating_sub(settings.session_refresh_margin)
+                        .max(Duration::from_secs(5))
+                })
+                .map_or(settings.check_interval, |d| d.min(settings.check_interval));
+            (
+                ready(
+                    status::TRUE,
+                    reason::CREDENTIALS_VALID,
+                    "credentials checked with the provider".to_owned(),
+                ),
+                creds
+                    .expire_at
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                next,
+            )
+        }
+        Ok(_) => (
+            ready(
+                status::FALSE,
+                reason::CREDENTIALS_REJECTED,
+                "the session is not verified; submit its emailed code at the provider".to_owned(),
+            ),
+            None,
+            settings.check_interval.min(Duration::from_secs(60)),
+        ),
+        Err(Error::Provider(e @ ProviderError::Unauthorized { .. })) => (
+            ready(status::FALSE, reason::CREDENTIALS_REJECTED, e.to_string()),
+            None,
+            settings.check_interval.min(Duration::from_secs(60)),
+        ),
+        Err(e) => (
+            ready(
+                status::FALSE,
+                if matches!(e, Error::ProviderNotReady(_)) {
+                    reason::CREDENTIALS_MISSING
+                } else {
+                    e.reason()
+                },
+                e.to_string(),
+            ),
+            None,
+            Duration::from_secs(15),
+        ),
+    }
+}
+
+async fn reconcile_provider<P: ProviderResource>(
+    provider: Arc<P>,
+    ctx: Arc<ProviderContext>,
+    kind: ProviderRefKind,
+) -> Result<Action, Error> {
+    let result = async {
+        let handle = ctx.registry.handle(provider.as_ref(), kind).await?;
+        let mut creds = handle.check_credentials().await?;
+        if let Some(expire_at) = creds.expire_at {
+            let left = (expire_at - Utc::now()).to_std().unwrap_or_default();
+            if left < ctx.settings.session_refresh_margin {
+                let extended = handle.extend_session().await?;
+                creds.expire_at = extended.or(Some(expire_at));
+            }
+        }
+        Ok(creds)
+    }
+    .await;
+    let (ready, session_expire_at, next) = provider_outcome(&result, &ctx.settings);
+    let mut status = provider.provider_status().cloned().unwrap_or_default();
+    let previous = status.clone();
+    let was_ready = conditions::is_true(&status.conditions, READY);
+    let now_ready = ready.status == status::TRUE;
+    let note = ready.message.clone();
+    let reason = ready.reason;
+    conditions::set(&mut status.conditions, ready, provider.meta().generation);
+    status.observed_generation = provider.meta().generation;
+    status.session_expire_at = session_expire_at.or(if now_ready {
+        None
+    } else {
+        previous.session_expire_at.clone()
+    });
+    if status != previous {
+        let api = provider.api_for(ctx.client.clone());
+        let patch = serde_json::json!({ "status": status });
+        api.patch_status(
+            &provider.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        if was_ready != now_ready {
+            let event = Event {
+                type_: if now_ready {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason: reason.to_owned(),
+                note: Some(note),
+                action: "CheckCredentials".to_owned(),
+                secondary: None,
+            };
+            if let Err(error) = ctx
+                .recorder
+                .publish(&event, &provider.object_ref(&()))
+                .await
+            {
+                warn!(%error, "cannot publish event");
+            }
+        }
+    }
+    Ok(Action::requeue(next))
+}
+
+fn provider_error_policy<P>(_: Arc<P>, _: &Error, _: Arc<ProviderContext>) -> Action {
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn run_provider_controller<P: ProviderResource>(
+    api: Api<P>,
+    kind: ProviderRefKind,
+    registry: Registry,
+    recorder: Recorder,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) where
+    P::DynamicType: Default,
+{
+    let client = api.clone().into_client();
+    let ctx = Arc::new(ProviderContext {
+        client,
+        registry,
+        recorder,
+        settings,
+    });
+    Controller::new(api, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |p, ctx| reconcile_provider(p, ctx, kind),
+            provider_error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "provider reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Runs the `KeyPairProvider` controller over `api` until `shutdown`.
+pub async fn run_namespaced(
+    api: Api<KeyPairProvider>,
+    registry: Registry,
+    recorder: Recorder,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_provider_controller(
+        api,
+        ProviderRefKind::KeyPairProvider,
+        registry,
+        recorder,
+        settings,
+        shutdown,
+    )
+    .await;
+}
+
+/// Runs the `ClusterKeyPairProvider` controller until `shutdown`.
+pub async fn run_cluster(
+    api: Api<ClusterKeyPairProvider>,
+    registry: Registry,
+    recorder: Recorder,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    run_provider_controller(
+        api,
+        ProviderRefKind::ClusterKeyPairProvider,
+        registry,
+        recorder,
+        settings,
+        shutdown,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    #[test]
+    fn label_selectors_match_like_kubernetes() {
+        let labels: BTreeMap<String, String> = [("team".to_owned(), "a".to_owned())].into();
+        let by_label = LabelSelector {
+            match_labels: Some([("team".to_owned(), "a".to_owned())].into()),
+            ..Default::default()
+        };
+        assert!(selector_matches(&by_label, &labels));
+        let expr = |op: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: op.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            ..Default::default()
+        };
+        assert!(selector_matches(&expr("In", &["a", "b"]), &labels));
+        assert!(!selector_matches(&expr("NotIn", &["a"]), &labels));
+        assert!(selector_matches(&expr("Exists", &[]), &labels));
+        assert!(!selector_matches(&expr("DoesNotExist", &[]), &labels));
+        assert!(!selector_matches(&expr("Bogus", &[]), &labels));
+    }
+
+    #[test]
+    fn provider_outcome_schedules_the_session_extension() {
+        let settings = Settings {
+            session_refresh_margin: Duration::from_secs(600),
+            ..Settings::default()
+        };
+        let creds = CredentialStatus {
+            verified: true,
+            expire_at: Some(Utc::now() + chrono::Duration::seconds(1200)),
+        };
+        let (ready, expiry, next) = provider_outcome(&Ok(creds), &settings);
+        assert_eq!(ready.status, status::TRUE);
+        assert!(expiry.is_some());
+        assert!(
+            next <= Duration::from_secs(600) && next >= Duration::from_secs(590),
+            "{next:?}"
+        );
+        let (ready, _, _) = provider_outcome(&Err(Error::ProviderNotReady("x".into())), &settings);
+        assert_eq!(ready.reason, reason::CREDENTIALS_MISSING);
+    }
+}
