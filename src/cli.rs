@@ -7,8 +7,12 @@ use std::time::Duration;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
 use crate::controller::{self, RunOptions, Scope, Settings};
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::{self, Health, LogFormat, Metrics};
 
 /// Flags of `keypair-operator run`; each also reads an environment variable.
 #[derive(clap::Args, Debug, Clone)]
@@ -41,9 +45,24 @@ pub struct RunArgs {
     /// Log level or `EnvFilter` directives (e.g. `info,keypair_operator=debug`).
     #[arg(long, env = "KPO_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Name of this instance in events (the pod name in a cluster).
+    /// Name of this instance in events and in the leader lease (the pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "KPO_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: std::net::SocketAddr,
+    /// Reconcile only while holding the leader lease (for more than one replica).
+    #[arg(long, env = "KPO_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Namespace of the leader lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader lease.
+    #[arg(long, env = "KPO_LEASE_NAME", default_value = "keypair-operator")]
+    pub lease_name: String,
+    /// How long a lease lasts without renewal; a standby takes over after it lapses.
+    #[arg(long, env = "KPO_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
 }
 
 /// Parses durations such as `90s`, `5m`, `1h30m`.
@@ -60,6 +79,12 @@ pub enum RunError {
     /// The Kubernetes client could not be built.
     #[error("kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    /// The HTTP port could not be bound or served.
+    #[error("HTTP endpoint {0}: {1}")]
+    Http(std::net::SocketAddr, std::io::Error),
+    /// Leader election could not start.
+    #[error("leader election: {0}")]
+    LeaderElection(String),
 }
 
 async fn client(args: &RunArgs) -> Result<Client, RunError> {
@@ -77,6 +102,9 @@ async fn client(args: &RunArgs) -> Result<Client, RunError> {
     };
     Ok(Client::try_from(config)?)
 }
+
+/// The shutdown signal, shareable between the controllers and the HTTP endpoint.
+type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -104,6 +132,19 @@ pub async fn shutdown_signal() {
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     telemetry::init_logging(args.log_format, &args.log_level);
     let client = client(&args).await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let listener = telemetry::http::bind(args.http_listen)
+        .await
+        .map_err(|e| RunError::Http(args.http_listen, e))?;
+    let signal: ShutdownSignal = Box::pin(shutdown_signal());
+    let shutdown = futures::FutureExt::shared(signal);
+    let server = tokio::spawn(telemetry::http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     let scope = if args.namespaces.is_empty() {
         Scope::All
     } else {
@@ -120,7 +161,84 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         },
         scope: Some(scope),
         instance: args.instance.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
     };
-    controller::run(client, options, shutdown_signal()).await;
+    if args.leader_elect {
+        lead_then_run(client, options, &args, shutdown).await?;
+    } else {
+        metrics.set_leader(true);
+        controller::run(client, options, shutdown).await;
+    }
+    match server.await {
+        Ok(result) => result.map_err(|e| RunError::Http(args.http_listen, e)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Waits for the leader lease, runs the controllers while holding it, and stops them the
+/// moment it is lost (aborting the controllers' task cancels in-flight reconciles, which
+/// every step of the lifecycle is built to survive); then waits for the lease again. On
+/// shutdown, in-flight reconciles finish and the lease is released.
+async fn lead_then_run(
+    client: Client,
+    options: RunOptions,
+    args: &RunArgs,
+    shutdown: futures::future::Shared<ShutdownSignal>,
+) -> Result<(), RunError> {
+    let namespace = args.leader_election_namespace.clone().ok_or_else(|| {
+        RunError::LeaderElection(
+            "--leader-election-namespace (or POD_NAMESPACE) is required with --leader-elect"
+                .to_owned(),
+        )
+    })?;
+    let identity = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("keypair-operator-{}", uuid::Uuid::new_v4()));
+    let duration = args.lease_duration.as_secs().max(2);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .with_field_manager(controller::MANAGER)
+        .build()
+        .await
+        .map_err(|e| RunError::LeaderElection(e.to_string()))?;
+    let (mut leading, lease_task) = manager.watch().await;
+    loop {
+        // A standby is ready: it serves its probes and waits.
+        options.health.set_ready(true);
+        info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
+        // No `watch::Ref` may outlive the wait: it holds a lock the lease task needs.
+        let acquired = async { leading.wait_for(|leader| *leader).await.is_ok() };
+        tokio::select! {
+            _ = shutdown.clone() => break,
+            ok = acquired => if !ok { break },
+        }
+        info!(%identity, "acquired the leader lease; reconciling");
+        options.metrics.set_leader(true);
+        options.health.set_ready(false);
+        let mut controllers = tokio::spawn(controller::run(
+            client.clone(),
+            options.clone(),
+            shutdown.clone(),
+        ));
+        tokio::select! {
+            _ = &mut controllers => break,
+            _ = leading.changed() => {
+                controllers.abort();
+                warn!(%identity, "lost the leader lease; stopped reconciling");
+                options.metrics.set_leader(false);
+            }
+        }
+    }
+    options.metrics.set_leader(false);
+    drop(leading);
+    // Dropping the receiver makes the lease manager release the lease and stop.
+    if let Ok(Err(e)) = lease_task.await {
+        warn!(error = %e, "could not release the leader lease");
+    }
     Ok(())
 }

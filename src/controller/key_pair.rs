@@ -79,12 +79,10 @@ macro_rules! failpoint {
 
 /// kube-runtime's reconcile entry point for `ApiKeyPair`.
 pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if ctx.secrets.wait_until_ready().await.is_err() {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
     let namespace = akp.namespace().unwrap_or_default();
     let api: Api<ApiKeyPair> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = akp.meta().deletion_timestamp.is_some();
+    let started = std::time::Instant::now();
     let result = finalizer(&api, FINALIZER, akp.clone(), |event| async {
         match event {
             Finalizer::Apply(akp) => Run::new(akp, ctx.clone()).apply().await,
@@ -93,6 +91,8 @@ pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled("apikeypair", result.is_ok(), started.elapsed());
     if result.is_ok() {
         if deleting {
             failpoint!("finalizer-removed");
@@ -211,6 +211,10 @@ impl Run {
     }
 
     fn cached_secret(&self) -> Option<Secret> {
+        // Never wait for the cache here: it is fed by the controller's own trigger stream,
+        // which is not polled while every reconcile slot is busy. Until it has synced,
+        // everything is read from the API server instead.
+        futures::FutureExt::now_or_never(self.ctx.secrets.wait_until_ready())?.ok()?;
         let name = secret::secret_name(&self.akp);
         let reference = ObjectRef::new(&name).within(&self.akp.namespace().unwrap_or_default());
         self.ctx.secrets.get(&reference).map(|s| s.as_ref().clone())
@@ -238,6 +242,7 @@ impl Run {
         match result {
             Ok(action) => {
                 self.status.observed_generation = self.generation();
+                self.record_gauges();
                 self.write_status(false).await?;
                 Ok(action)
             }
@@ -247,6 +252,7 @@ impl Run {
                     conditions::find(&self.status.conditions, READY).map(|c| c.reason.clone());
                 self.set(READY, status::FALSE, error.reason(), error.to_string());
                 self.status.observed_generation = self.generation();
+                self.record_gauges();
                 self.write_status(false).await?;
                 if was.as_deref() != Some(error.reason()) {
                     self.event(
@@ -273,8 +279,8 @@ impl Run {
         }
         let mut view = self.secret_view_cached();
         if view == SecretView::Missing {
-            // The cache only holds Secrets with our label: a foreign Secret of that name
-            // is invisible to it, so confirm before creating anything.
+            // The cache only holds Secrets with our label (and may not have synced yet):
+            // a foreign Secret of that name is invisible to it, so confirm first.
             view = self.secret_view_confirmed().await?;
         }
         match plan::next_step(&self.status, &view) {
@@ -303,9 +309,27 @@ impl Run {
         Action::requeue(Duration::from_millis(500))
     }
 
+    /// Exports this key pair's expiry and readiness as gauges.
+    fn record_gauges(&self) {
+        let expires_at = self
+            .status
+            .expire_at
+            .as_deref()
+            .and_then(parse_time)
+            .map(|t| t.timestamp());
+        let ready = conditions::is_true(&self.status.conditions, READY);
+        self.ctx.metrics.key_pair(
+            &self.akp.namespace().unwrap_or_default(),
+            &self.akp.name_any(),
+            expires_at,
+            ready,
+        );
+    }
+
     // ---- create and recovery ---------------------------------------------------------
 
     async fn create(&mut self, provider: &ProviderHandle, purpose: Purpose) -> Result<(), Error> {
+        let _serialized = provider.serialize_creates().await;
         let kind = provider.kind();
         let staged = purpose.stages_as_pending(kind);
         // A staged replacement needs the current credentials to keep serving.
@@ -424,15 +448,24 @@ impl Run {
         });
     }
 
-    /// Keys referenced by any `ApiKeyPair` other than this one.
-    fn referenced_elsewhere(&self) -> impl Fn(&str) -> bool + use<> {
+    /// Keys referenced by any `ApiKeyPair` other than this one: this namespace read fresh
+    /// from the API server (statuses this process just wrote may not be cached yet),
+    /// other namespaces from the cache.
+    async fn referenced_elsewhere(&self) -> Result<impl Fn(&str) -> bool + use<>, Error> {
         let uid = self.akp.uid();
-        let referenced: std::collections::HashSet<String> = self
-            .ctx
-            .key_pairs
-            .state()
+        let namespace = self.akp.namespace();
+        let fresh = self.api.list(&Default::default()).await?.items;
+        let cached = self.ctx.key_pairs.state();
+        let others = fresh
             .iter()
-            .filter(|other| other.uid() != uid)
+            .chain(
+                cached
+                    .iter()
+                    .map(|a| a.as_ref())
+                    .filter(|a| a.namespace() != namespace),
+            )
+            .filter(|other| other.uid() != uid);
+        let referenced: std::collections::HashSet<String> = others
             .filter_map(|other| other.status.as_ref())
             .flat_map(|s| {
                 [
@@ -442,7 +475,7 @@ impl Run {
             })
             .flatten()
             .collect();
-        move |key_id: &str| referenced.contains(key_id)
+        Ok(move |key_id: &str| referenced.contains(key_id))
     }
 
     async fn attempt_candidates(
@@ -451,7 +484,7 @@ impl Run {
         attempt: &PendingCreate,
     ) -> Result<Vec<RemoteKeyPair>, Error> {
         let remote = provider.list().await?;
-        let referenced = self.referenced_elsewhere();
+        let referenced = self.referenced_elsewhere().await?;
         let expiry = DateTime::parse_from_rfc3339(&attempt.started_at)
             .ok()
             .map(|t| {
@@ -471,6 +504,7 @@ impl Run {
         provider: &ProviderHandle,
         attempt: PendingCreate,
     ) -> Result<(), Error> {
+        let _serialized = provider.serialize_creates().await;
         let kind = provider.kind();
         let purpose = Purpose::parse(&attempt.purpose);
         let staged = purpose.stages_as_pending(kind);
@@ -531,13 +565,6 @@ impl Run {
                 self.status.pending_create = None;
             }
             Recovery::Retry => self.status.pending_create = None,
-            Recovery::Ambiguous(ids) => {
-                return Err(Error::CreateAmbiguous(format!(
-                    "an interrupted create left {} candidate key pairs ({}) that cannot be told apart; delete the ones that are not this resource's at the provider",
-                    ids.len(),
-                    ids.join(", ")
-                )));
-            }
         }
         self.write_status(true).await
     }
@@ -1045,6 +1072,9 @@ impl Run {
 
     async fn cleanup(self) -> Result<Action, Error> {
         let akp = &self.akp;
+        self.ctx
+            .metrics
+            .forget_key_pair(&akp.namespace().unwrap_or_default(), &akp.name_any());
         let force = akp
             .annotations()
             .get(FORCE_ORPHAN_ANNOTATION)

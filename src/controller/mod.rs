@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::conditions::reason;
 use crate::crd::{ApiKeyPair, ClusterKeyPairProvider, KeyPairProvider, ProviderRefKind};
 use crate::provider::ProviderError;
+use crate::telemetry::{Health, Metrics};
 
 /// Finalizer that keeps an `ApiKeyPair` until its remote key is dealt with.
 pub const FINALIZER: &str = "keypairs.dev/remote-key";
@@ -91,6 +92,8 @@ pub struct Context {
     pub key_pairs: Store<ApiKeyPair>,
     /// Knobs.
     pub settings: Settings,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for exponential back-off.
     failures: Mutex<HashMap<ObjectRef<ApiKeyPair>, u32>>,
     /// When each key pair was last checked at the provider, by UID.
@@ -110,6 +113,7 @@ impl Context {
         Self {
             client,
             recorder,
+            metrics: providers.metrics().clone(),
             providers,
             secrets,
             key_pairs,
@@ -309,8 +313,8 @@ pub fn error_policy(akp: Arc<ApiKeyPair>, error: &Error, ctx: Arc<Context>) -> A
     ))
 }
 
-/// How the operator reaches the API server.
-#[derive(Clone, Debug, Default)]
+/// How the controllers run.
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Knobs.
     pub settings: Settings,
@@ -318,6 +322,10 @@ pub struct RunOptions {
     pub scope: Option<Scope>,
     /// Name of this instance in events (pod name).
     pub instance: Option<String>,
+    /// Where metrics are recorded.
+    pub metrics: Arc<Metrics>,
+    /// Set ready once every cache has synced.
+    pub health: Arc<Health>,
 }
 
 /// Runs the `ApiKeyPair` and provider controllers until `shutdown` resolves.
@@ -341,7 +349,12 @@ pub async fn run(
     };
 
     let mut tasks = Vec::new();
-    let registry = providers::Registry::new(client.clone(), settings.provider_timeout);
+    let registry = providers::Registry::new(
+        client.clone(),
+        settings.provider_timeout,
+        options.metrics.clone(),
+    );
+    let mut caches = Vec::new();
     for namespace in namespaces {
         let api = |client: &Client| -> (Api<ApiKeyPair>, Api<Secret>, Api<KeyPairProvider>) {
             match &namespace {
@@ -372,6 +385,13 @@ pub async fn run(
             kube::runtime::controller::Config::default().concurrency(settings.concurrency),
         );
         let key_pair_store = controller.store();
+        let (kp, sec) = (key_pair_store.clone(), secret_store.clone());
+        caches.push(futures::FutureExt::boxed(async move {
+            kp.wait_until_ready().await
+        }));
+        caches.push(futures::FutureExt::boxed(async move {
+            sec.wait_until_ready().await
+        }));
         let ctx = Arc::new(Context::new(
             client.clone(),
             recorder.clone(),
@@ -422,21 +442,29 @@ pub async fn run(
         tasks.push(futures::FutureExt::boxed(controller));
 
         let (_, _, kpp) = api(&client);
-        tasks.push(futures::FutureExt::boxed(providers::run_namespaced(
+        tasks.push(futures::FutureExt::boxed(providers::run(
             kpp,
+            ProviderRefKind::KeyPairProvider,
             registry.clone(),
             recorder.clone(),
             settings.clone(),
             shutdown.clone(),
         )));
     }
-    tasks.push(futures::FutureExt::boxed(providers::run_cluster(
-        Api::all(client.clone()),
+    tasks.push(futures::FutureExt::boxed(providers::run(
+        Api::<ClusterKeyPairProvider>::all(client.clone()),
+        ProviderRefKind::ClusterKeyPairProvider,
         registry,
         recorder,
         settings,
         shutdown,
     )));
+    let health = options.health.clone();
+    tasks.push(futures::FutureExt::boxed(async move {
+        if futures::future::try_join_all(caches).await.is_ok() {
+            health.set_ready(true);
+        }
+    }));
     info!(?scope, "controllers started");
     futures::future::join_all(tasks).await;
     info!("controllers stopped");

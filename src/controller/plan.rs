@@ -133,8 +133,6 @@ pub enum Recovery {
     DeleteAndRetry(Vec<String>),
     /// Nothing was created: create anew.
     Retry,
-    /// More than one key could be this attempt's and none is provably ours.
-    Ambiguous(Vec<String>),
 }
 
 /// How far around `startedAt` a Datonis key's `created_at` may be to count as an
@@ -185,6 +183,11 @@ pub fn attempt_candidates<'a>(
 
 /// Decides what to do with the candidates of an interrupted attempt, given the API key the
 /// Secret holds in the slot this attempt writes (current or pending).
+///
+/// Datonis keys have no names: every candidate has the role and expiry this resource asks
+/// for and belongs to no other resource, so candidates are interchangeable. When several
+/// interrupted attempts left keys (creates of one provider are serialized, so that takes
+/// several crashes), each recovering resource adopts the oldest one left.
 pub fn recover(
     kind: ProviderKind,
     candidates: &[&RemoteKeyPair],
@@ -196,15 +199,17 @@ pub fn recover(
     {
         return Recovery::Adopt((*found).clone());
     }
-    match (kind, candidates) {
-        (_, []) => Recovery::Retry,
-        (ProviderKind::Threatwinds, keys) => {
-            Recovery::DeleteAndRetry(keys.iter().map(|k| k.key_id.clone()).collect())
+    match kind {
+        _ if candidates.is_empty() => Recovery::Retry,
+        ProviderKind::Threatwinds => {
+            Recovery::DeleteAndRetry(candidates.iter().map(|k| k.key_id.clone()).collect())
         }
-        (ProviderKind::Datonis, [one]) => Recovery::AdoptWithProviderSecret((*one).clone()),
-        (ProviderKind::Datonis, many) => {
-            Recovery::Ambiguous(many.iter().map(|k| k.key_id.clone()).collect())
-        }
+        ProviderKind::Datonis => candidates
+            .iter()
+            .min_by_key(|k| (k.created_at, k.key_id.clone()))
+            .map_or(Recovery::Retry, |oldest| {
+                Recovery::AdoptWithProviderSecret((*oldest).clone())
+            }),
     }
 }
 
@@ -499,9 +504,14 @@ mod tests {
         assert!(
             matches!(recover(Datonis, &[&a], None), Recovery::AdoptWithProviderSecret(k) if k.key_id == "1")
         );
-        assert!(
-            matches!(recover(Datonis, &[&a, &b], None), Recovery::Ambiguous(ids) if ids == ["1", "2"])
-        );
+        let mut older = key("3", "c");
+        older.created_at = DateTime::from_timestamp(1, 0);
+        let mut newer = key("4", "d");
+        newer.created_at = DateTime::from_timestamp(2, 0);
+        assert!(matches!(
+            recover(Datonis, &[&newer, &older], None),
+            Recovery::AdoptWithProviderSecret(k) if k.key_id == "3"
+        ));
         assert!(matches!(recover(Datonis, &[], None), Recovery::Retry));
     }
 

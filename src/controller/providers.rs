@@ -32,6 +32,7 @@ use crate::provider::{
     HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RemoteKeyPair,
     ThreatWindsClient, UpdateKeyPair,
 };
+use crate::telemetry::Metrics;
 
 /// What both provider kinds have in common for the controllers.
 pub trait ProviderResource:
@@ -115,29 +116,48 @@ impl Backend {
 }
 
 /// A provider client behind the provider's shared rate limiter: every call waits for a
-/// token first, so all `ApiKeyPair`s together never exceed `spec.rateLimit`.
+/// token first, so all `ApiKeyPair`s together never exceed `spec.rateLimit`; and every
+/// call is counted in the metrics by operation and outcome.
 #[derive(Clone)]
 pub struct ProviderHandle {
     backend: Backend,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    create_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    metrics: Arc<Metrics>,
     /// `Kind namespace/name` of the provider resource.
     pub description: String,
 }
 
 impl ProviderHandle {
-    async fn ready(&self) {
+    /// Runs one provider call: waits for the rate limiter, then counts the outcome.
+    /// `call` is lazy, so nothing reaches the provider before the limiter allows it.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
+        let result = call.await;
+        let status = result.as_ref().map_or_else(ProviderError::class, |_| "ok");
+        self.metrics
+            .provider_call(self.kind().as_str(), operation, status);
+        result
+    }
+
+    /// Serializes creates (and their recovery) on this provider when its keys can only be
+    /// told apart by fingerprint (Datonis): then at most one attempt per provider is ever
+    /// in flight, so an interrupted attempt's key is the only unreferenced one in its
+    /// window. ThreatWinds attempts carry unique names and run concurrently.
+    pub async fn serialize_creates(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Some(self.create_lock.clone()?.lock_owned().await)
     }
 
     /// Extends the ThreatWinds session (no-op for Datonis); returns the new expiry.
     pub async fn extend_session(&self) -> Result<Option<chrono::DateTime<Utc>>, ProviderError> {
         match &self.backend {
-            Backend::Threatwinds(c) => {
-                self.ready().await;
-                c.extend_session().await
-            }
+            Backend::Threatwinds(c) => self.call("extend_session", c.extend_session()).await,
             Backend::Datonis(_) => Ok(None),
         }
     }
@@ -149,51 +169,50 @@ impl KeyPairApi for ProviderHandle {
         self.backend.api().kind()
     }
     async fn check_credentials(&self) -> Result<CredentialStatus, ProviderError> {
-        self.ready().await;
-        self.backend.api().check_credentials().await
+        self.call("check_credentials", self.backend.api().check_credentials())
+            .await
     }
     async fn create(&self, req: &CreateKeyPair) -> Result<CreatedKeyPair, ProviderError> {
-        self.ready().await;
-        self.backend.api().create(req).await
+        self.call("create", self.backend.api().create(req)).await
     }
     async fn get(&self, key: &KeyLookup) -> Result<RemoteKeyPair, ProviderError> {
-        self.ready().await;
-        self.backend.api().get(key).await
+        self.call("get", self.backend.api().get(key)).await
     }
     async fn list(&self) -> Result<Vec<RemoteKeyPair>, ProviderError> {
-        self.ready().await;
-        self.backend.api().list().await
+        self.call("list", self.backend.api().list()).await
     }
     async fn delete(&self, key_id: &str) -> Result<(), ProviderError> {
-        self.ready().await;
-        self.backend.api().delete(key_id).await
+        self.call("delete", self.backend.api().delete(key_id)).await
     }
     async fn verify(
         &self,
         verification_code_id: &str,
         code: &SecretString,
     ) -> Result<(), ProviderError> {
-        self.ready().await;
-        self.backend.api().verify(verification_code_id, code).await
+        self.call(
+            "verify",
+            self.backend.api().verify(verification_code_id, code),
+        )
+        .await
     }
     async fn request_new_code(
         &self,
         api_key: &str,
         api_secret: &SecretString,
     ) -> Result<String, ProviderError> {
-        self.ready().await;
-        self.backend
-            .api()
-            .request_new_code(api_key, api_secret)
-            .await
+        self.call(
+            "request_new_code",
+            self.backend.api().request_new_code(api_key, api_secret),
+        )
+        .await
     }
     async fn update(
         &self,
         key_id: &str,
         req: &UpdateKeyPair,
     ) -> Result<RemoteKeyPair, ProviderError> {
-        self.ready().await;
-        self.backend.api().update(key_id, req).await
+        self.call("update", self.backend.api().update(key_id, req))
+            .await
     }
 }
 
@@ -220,18 +239,27 @@ struct CachedLimiter {
 pub struct Registry {
     client: Client,
     timeout: Duration,
+    metrics: Arc<Metrics>,
     backends: Arc<Mutex<HashMap<ProviderKey, CachedBackend>>>,
     limiters: Arc<Mutex<HashMap<ProviderKey, CachedLimiter>>>,
+    create_locks: Arc<Mutex<HashMap<ProviderKey, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Registry {
+    /// The metrics every handle records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// An empty registry.
-    pub fn new(client: Client, timeout: Duration) -> Self {
+    pub fn new(client: Client, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             client,
             timeout,
+            metrics,
             backends: Arc::default(),
             limiters: Arc::default(),
+            create_locks: Arc::default(),
         }
     }
 
@@ -381,11 +409,22 @@ impl Registry {
                 backend
             }
         };
+        let create_lock = matches!(backend, Backend::Datonis(_)).then(|| self.create_lock(&key));
         Ok(ProviderHandle {
+            create_lock,
             backend,
             limiter: self.limiter(&key, connection.rate_limit.as_ref()),
+            metrics: self.metrics.clone(),
+
             description: provider.describe(),
         })
+    }
+
+    fn create_lock(&self, key: &ProviderKey) -> Arc<tokio::sync::Mutex<()>> {
+        match self.create_locks.lock() {
+            Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
     }
 
     fn limiter(
@@ -627,16 +666,15 @@ fn provider_error_policy<P>(_: Arc<P>, _: &Error, _: Arc<ProviderContext>) -> Ac
     Action::requeue(Duration::from_secs(15))
 }
 
-async fn run_provider_controller<P: ProviderResource>(
+/// Runs the controller of one provider kind over `api` until `shutdown`.
+pub async fn run<P: ProviderResource>(
     api: Api<P>,
     kind: ProviderRefKind,
     registry: Registry,
     recorder: Recorder,
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) where
-    P::DynamicType: Default,
-{
+) {
     let client = api.clone().into_client();
     let ctx = Arc::new(ProviderContext {
         client,
@@ -644,57 +682,23 @@ async fn run_provider_controller<P: ProviderResource>(
         recorder,
         settings,
     });
+    let reconcile = move |provider: Arc<P>, ctx: Arc<ProviderContext>| async move {
+        let started = std::time::Instant::now();
+        let result = reconcile_provider(provider, ctx.clone(), kind).await;
+        ctx.registry
+            .metrics
+            .reconciled("provider", result.is_ok(), started.elapsed());
+        result
+    };
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(shutdown)
-        .run(
-            move |p, ctx| reconcile_provider(p, ctx, kind),
-            provider_error_policy,
-            ctx,
-        )
+        .run(reconcile, provider_error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "provider reconcile failed");
             }
         })
         .await;
-}
-
-/// Runs the `KeyPairProvider` controller over `api` until `shutdown`.
-pub async fn run_namespaced(
-    api: Api<KeyPairProvider>,
-    registry: Registry,
-    recorder: Recorder,
-    settings: Settings,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    run_provider_controller(
-        api,
-        ProviderRefKind::KeyPairProvider,
-        registry,
-        recorder,
-        settings,
-        shutdown,
-    )
-    .await;
-}
-
-/// Runs the `ClusterKeyPairProvider` controller until `shutdown`.
-pub async fn run_cluster(
-    api: Api<ClusterKeyPairProvider>,
-    registry: Registry,
-    recorder: Recorder,
-    settings: Settings,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    run_provider_controller(
-        api,
-        ProviderRefKind::ClusterKeyPairProvider,
-        registry,
-        recorder,
-        settings,
-        shutdown,
-    )
-    .await;
 }
 
 #[cfg(test)]

@@ -117,6 +117,21 @@ impl ProviderError {
         }
     }
 
+    /// A short, stable name of the error class, for metric labels.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound { .. } => "not_found",
+            ProviderError::Unauthorized { .. } => "unauthorized",
+            ProviderError::Forbidden { .. } => "forbidden",
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::BadRequest { .. } => "bad_request",
+            ProviderError::Server { .. } => "server_error",
+            ProviderError::Transport { .. } => "transport_error",
+            ProviderError::UnexpectedResponse { .. } => "unexpected_response",
+            ProviderError::Unsupported { .. } => "unsupported",
+        }
+    }
+
     /// The provider's error id (ThreatWinds `x-error-id` / `uuid`), for support.
     pub fn error_id(&self) -> Option<&str> {
         match self {

@@ -230,11 +230,15 @@ impl Sandbox {
     }
 }
 
+static OPERATORS_STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The operator binary running against the test cluster, watching one namespace; killed
 /// when dropped. Its log goes to `target/test-logs/<name>.log`.
 pub struct Operator {
     child: Option<tokio::process::Child>,
     pub log: PathBuf,
+    /// Base URL of the operator's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub http: String,
     namespace: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -253,9 +257,17 @@ impl Operator {
     pub async fn start(namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
         let mut operator = Operator {
             child: None,
-            log: log_dir.join(format!("{namespace}.log")),
+            http: format!("http://127.0.0.1:{port}"),
+            log: log_dir.join(format!(
+                "{namespace}-{}.log",
+                OPERATORS_STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )),
             namespace: namespace.to_owned(),
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -281,6 +293,8 @@ impl Operator {
             .arg(&kubeconfig)
             .arg("--namespace")
             .arg(&self.namespace)
+            .arg("--http-listen")
+            .arg(self.http.trim_start_matches("http://"))
             .args(&self.args)
             .env_remove("KPO_FAILPOINT")
             .env("NO_COLOR", "1")

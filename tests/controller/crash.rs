@@ -229,7 +229,7 @@ async fn a_stale_object_never_creates_a_second_key() {
     let ctx = Arc::new(Context::new(
         client.clone(),
         recorder,
-        Registry::new(client.clone(), Duration::from_secs(5)),
+        Registry::new(client.clone(), Duration::from_secs(5), Default::default()),
         secrets,
         key_pairs,
         Settings::default(),

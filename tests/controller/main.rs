@@ -9,6 +9,7 @@ mod crash;
 mod datonis;
 mod failures;
 mod leaks;
+mod operations;
 mod threatwinds;
 
 use common::{Operator, Sandbox};

@@ -1,5 +1,12 @@
-//! Logging set-up: text or JSON lines on stderr, filtered by a level or an `EnvFilter`
-//! directive (`RUST_LOG` wins when set).
+//! Telemetry: logging set-up (text or JSON lines on stderr, filtered by a level or an
+//! `EnvFilter` directive; `RUST_LOG` wins when set), Prometheus [`metrics`], and the
+//! [`http`] endpoint that serves them with the health probes.
+
+pub mod http;
+pub mod metrics;
+
+pub use http::Health;
+pub use metrics::Metrics;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
