@@ -15,5 +15,8 @@ fi
 cleanup() { [ -n "$started" ] && scripts/control-plane.sh down; }
 trap cleanup EXIT
 
+# tests/argocd_health.rs runs the Argo CD health check under Lua 5.1, Argo CD's dialect.
+command -v lua5.1 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null; }
+
 # One build shared by every test binary; the machine has 2 cores.
 cargo test --all-targets --features failpoints --no-fail-fast
