@@ -28,8 +28,9 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo clippy --all-targets -- -D warnings
 
 .PHONY: crds
-crds: ## regenerate crds/ from the Rust types
+crds: ## regenerate crds/ and the Helm chart's crds/ from the Rust types
 	cargo run --quiet -- crds --output-dir crds
+	cargo run --quiet -- crds --output-dir charts/keypair-operator/crds
 
 .PHONY: cluster-up
 cluster-up: ## start the local control plane (builds it on first use); prints the kubeconfig path
