@@ -323,7 +323,18 @@ impl Operator {
         }
     }
 
-    /// Waits until the operator process exits by itself (a failpoint abort).
+    /// Sends SIGTERM (a graceful stop, as Kubernetes does).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
+            let status = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "send SIGTERM");
+        }
+    }
+
+    /// Waits until the operator process exits by itself (a failpoint abort, SIGTERM).
     pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("operator running");
         let status = tokio::time::timeout(timeout, child.wait())

@@ -219,3 +219,48 @@ async fn a_standby_takes_over_when_the_leader_dies_mid_batch() {
     assert_eq!(sample(&metrics_b, "keypair_operator_leader"), Some(1.0));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_finishes_work_and_releases_the_lease() {
+    let mut s = Scenario::datonis("sigterm", &[], &[]).await;
+    s.operator.stop().await;
+    let ns = s.ns.clone();
+    let mut args: Vec<String> = Operator::FAST.iter().map(|a| a.to_string()).collect();
+    args.extend(
+        [
+            "--leader-elect",
+            "--leader-election-namespace",
+            &ns,
+            "--instance",
+            "op-t",
+            "--lease-duration",
+            "30s",
+        ]
+        .map(String::from),
+    );
+    let mut operator = Operator::start(
+        &ns,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    )
+    .await;
+    s.akp(
+        "agent",
+        json!({"providerRef": {"name": "p"}, "datonis": {"roleKey": "1946c4ce5c"}}),
+    )
+    .await;
+    s.wait_ready("agent", "True", "Ready").await;
+    operator.terminate();
+    let status = operator.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "a clean exit on SIGTERM: {status:?}");
+    let log = operator.log_text();
+    assert!(
+        log.contains("controllers stopped"),
+        "the controllers shut down gracefully"
+    );
+    // Released, not left to expire: a new instance need not wait 30 s.
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &ns);
+    let lease = leases.get("keypair-operator").await.expect("lease");
+    let holder = lease.spec.and_then(|spec| spec.holder_identity);
+    assert_ne!(holder.as_deref(), Some("op-t"), "the lease was released");
+}
