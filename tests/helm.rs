@@ -294,85 +294,126 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     run(Path::new("kubectl"), &all)
 }
 
+/// A release of the chart installed into the test cluster, and a kubeconfig that
+/// authenticates as its ServiceAccount (a token minted with `kubectl create token`).
+struct Release {
+    name: String,
+    namespace: String,
+    admin: PathBuf,
+    sa_config: PathBuf,
+}
+
+impl Release {
+    async fn install(namespace: &str, prefix: &str, set: &[&str]) -> Release {
+        let admin = common::kubeconfig_path().await;
+        let name = format!("{prefix}-{}", &namespace[namespace.len() - 8..]);
+        let chart = chart();
+        let mut args = vec![
+            "install",
+            &name,
+            chart.to_str().expect("path"),
+            "--namespace",
+            namespace,
+            "--kubeconfig",
+            admin.to_str().expect("path"),
+        ];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        let (ok, out, err) = run(&helm().await, &args);
+        assert!(ok, "helm install: {out}{err}");
+        let service_account = format!("{name}-keypair-operator");
+        let (ok, token, err) = kubectl(
+            &admin,
+            &[
+                "-n",
+                namespace,
+                "create",
+                "token",
+                &service_account,
+                "--duration",
+                "1h",
+            ],
+        );
+        assert!(ok, "kubectl create token: {err}");
+        let sa_config = tempdir(namespace).join("kubeconfig");
+        token_kubeconfig(&admin, token.trim(), &sa_config);
+        Release {
+            name,
+            namespace: namespace.to_owned(),
+            admin,
+            sa_config,
+        }
+    }
+
+    /// `kubectl auth can-i` as the chart's ServiceAccount.
+    fn can(&self, verb: &str, resource: &str, ns: &str) -> String {
+        kubectl(
+            &self.sa_config,
+            &["auth", "can-i", verb, resource, "-n", ns],
+        )
+        .1
+        .trim()
+        .to_owned()
+    }
+
+    async fn uninstall(self) {
+        let (ok, out, err) = run(
+            &helm().await,
+            &[
+                "uninstall",
+                &self.name,
+                "--namespace",
+                &self.namespace,
+                "--kubeconfig",
+                self.admin.to_str().expect("path"),
+            ],
+        );
+        assert!(ok, "helm uninstall: {out}{err}");
+    }
+}
+
 #[tokio::test]
 async fn the_operator_runs_with_exactly_the_charts_rbac_and_arguments() {
     let client = common::client_with_crds().await;
-    let admin = common::kubeconfig_path().await;
     let app = common::test_namespace(&client, "helm-app").await;
     let other = common::test_namespace(&client, "helm-other").await;
     let ops = common::test_namespace(&client, "helm-ops").await;
-    let release = format!("kpo-{}", &ops[ops.len() - 8..]);
-    let helm = helm().await;
-    let chart = chart();
     let watch = format!("rbac.watchNamespaces={{{app}}}");
-    let (ok, out, err) = run(
-        &helm,
+    let release = Release::install(
+        &ops,
+        "kpo",
         &[
-            "install",
-            &release,
-            chart.to_str().expect("path"),
-            "--namespace",
-            &ops,
-            "--kubeconfig",
-            admin.to_str().expect("path"),
-            "--set",
             "rbac.mode=namespaced",
-            "--set",
             &watch,
-            "--set",
             "operator.verificationPollInterval=1s",
-            "--set",
             "operator.checkInterval=5s",
-            "--set",
             "operator.logLevel=debug",
         ],
-    );
-    assert!(ok, "helm install: {out}{err}");
-
-    // What the chart installed, as the API server has it.
-    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ops);
-    let deployment = deployments
-        .get(&format!("{release}-keypair-operator"))
-        .await
-        .expect("Deployment installed");
-    let pod = deployment.spec.template.spec.expect("pod spec");
-    let service_account = pod.service_account_name.clone().expect("service account");
-    let args = pod.containers[0].args.clone().expect("args");
-
-    // A token of the chart's ServiceAccount, and what it may do.
-    let (ok, token, err) = kubectl(
-        &admin,
-        &[
-            "-n",
-            &ops,
-            "create",
-            "token",
-            &service_account,
-            "--duration",
-            "1h",
-        ],
-    );
-    assert!(ok, "kubectl create token: {err}");
-    let dir = tempdir(&ops);
-    let sa_config = dir.join("kubeconfig");
-    token_kubeconfig(&admin, token.trim(), &sa_config);
-    let can = |verb: &str, resource: &str, ns: &str| {
-        kubectl(&sa_config, &["auth", "can-i", verb, resource, "-n", ns])
-            .1
-            .trim()
-            .to_owned()
-    };
-    assert_eq!(can("get", "secrets", &app), "yes");
+    )
+    .await;
+    assert_eq!(release.can("get", "secrets", &app), "yes");
     assert_eq!(
-        can("get", "secrets", &other),
+        release.can("get", "secrets", &other),
         "no",
         "no Secret access outside the watched namespaces"
     );
-    assert_eq!(can("list", "secrets", &ops), "no");
-    assert_eq!(can("delete", "secrets", &app), "no");
-    assert_eq!(can("create", "leases.coordination.k8s.io", &app), "no");
+    assert_eq!(release.can("list", "secrets", &ops), "no");
+    assert_eq!(release.can("delete", "secrets", &app), "no");
+    assert_eq!(
+        release.can("create", "leases.coordination.k8s.io", &app),
+        "no"
+    );
 
-    // The operator with the chart's arguments (only the listen address made local).
+    // The chart's arguments, as the API server has the Deployment (only the listen
+    // address made local).
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ops);
+    let deployment = deployments
+        .get(&format!("{}-keypair-operator", release.name))
+        .await
+        .expect("Deployment installed");
+    let pod = deployment.spec.template.spec.expect("pod spec");
+    let args = pod.containers[0].args.clone().expect("args");
     let sandbox = common::Sandbox::start({
         let mut c = SandboxConfig::threatwinds();
         c.session_tokens = vec!["helm-test-session".to_owned()];
@@ -383,6 +424,7 @@ async fn the_operator_runs_with_exactly_the_charts_rbac_and_arguments() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
+    let logs = tempdir(&ops);
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keypair-operator"));
     command
         .args(args.iter().map(|a| {
@@ -393,11 +435,11 @@ async fn the_operator_runs_with_exactly_the_charts_rbac_and_arguments() {
             }
         }))
         .arg("--kubeconfig")
-        .arg(&sa_config)
+        .arg(&release.sa_config)
         .env("POD_NAMESPACE", &ops)
         .env("POD_NAME", "helm-test")
-        .stdout(std::fs::File::create(dir.join("operator.log")).expect("log"))
-        .stderr(std::fs::File::create(dir.join("operator.err")).expect("log"))
+        .stdout(std::fs::File::create(logs.join("operator.log")).expect("log"))
+        .stderr(std::fs::File::create(logs.join("operator.err")).expect("log"))
         .kill_on_drop(true);
     let mut operator = command.spawn().expect("start operator");
 
@@ -451,76 +493,33 @@ async fn the_operator_runs_with_exactly_the_charts_rbac_and_arguments() {
     assert!(sandbox.keys().await.is_empty());
     let _ = operator.start_kill();
     let _ = operator.wait().await;
-    let (ok, out, err) = run(
-        &helm,
-        &[
-            "uninstall",
-            &release,
-            "--namespace",
-            &ops,
-            "--kubeconfig",
-            admin.to_str().expect("path"),
-        ],
-    );
-    assert!(ok, "helm uninstall: {out}{err}");
+    release.uninstall().await;
 }
 
 #[tokio::test]
 async fn cluster_mode_installs_and_scopes_leases_to_the_release_namespace() {
     let client = common::client_with_crds().await;
-    let admin = common::kubeconfig_path().await;
     let ops = common::test_namespace(&client, "helm-cluster").await;
     let other = common::test_namespace(&client, "helm-elsewhere").await;
-    let release = format!("kpoc-{}", &ops[ops.len() - 8..]);
-    let helm = helm().await;
-    let chart = chart();
-    let (ok, out, err) = run(
-        &helm,
-        &[
-            "install",
-            &release,
-            chart.to_str().expect("path"),
-            "--namespace",
-            &ops,
-            "--kubeconfig",
-            admin.to_str().expect("path"),
-            "--set",
-            "replicaCount=2",
-        ],
-    );
-    assert!(ok, "helm install: {out}{err}");
-    let sa = format!("{release}-keypair-operator");
-    let (ok, token, err) = kubectl(&admin, &["-n", &ops, "create", "token", &sa]);
-    assert!(ok, "{err}");
-    let dir = tempdir(&ops);
-    let sa_config = dir.join("kubeconfig");
-    token_kubeconfig(&admin, token.trim(), &sa_config);
-    let can = |verb: &str, resource: &str, ns: &str| {
-        kubectl(&sa_config, &["auth", "can-i", verb, resource, "-n", ns])
-            .1
-            .trim()
-            .to_owned()
-    };
+    let release = Release::install(&ops, "kpoc", &["replicaCount=2"]).await;
     assert_eq!(
-        can("watch", "secrets", &other),
+        release.can("watch", "secrets", &other),
         "yes",
         "cluster mode watches every namespace"
     );
-    assert_eq!(can("patch", "leases.coordination.k8s.io", &ops), "yes");
-    assert_eq!(can("patch", "leases.coordination.k8s.io", &other), "no");
-    assert_eq!(can("delete", "apikeypairs.keypairs.dev", &other), "no");
-    let (ok, out, err) = run(
-        &helm,
-        &[
-            "uninstall",
-            &release,
-            "--namespace",
-            &ops,
-            "--kubeconfig",
-            admin.to_str().expect("path"),
-        ],
+    assert_eq!(
+        release.can("patch", "leases.coordination.k8s.io", &ops),
+        "yes"
     );
-    assert!(ok, "helm uninstall: {out}{err}");
+    assert_eq!(
+        release.can("patch", "leases.coordination.k8s.io", &other),
+        "no"
+    );
+    assert_eq!(
+        release.can("delete", "apikeypairs.keypairs.dev", &other),
+        "no"
+    );
+    release.uninstall().await;
 }
 
 fn tempdir(name: &str) -> PathBuf {
