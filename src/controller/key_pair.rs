@@ -784,6 +784,10 @@ impl Run {
         if remote.role_key.is_some() {
             s.role_key = remote.role_key.clone();
         }
+        if !remote.roles.is_empty() || !remote.groups.is_empty() {
+            s.roles = remote.roles.clone();
+            s.groups = remote.groups.clone();
+        }
         if remote.name.is_some() {
             s.key_name = remote.name.clone();
         }

@@ -215,6 +215,14 @@ pub struct ApiKeyPairStatus {
     )]
     pub verification_code_id: Option<String>,
 
+    /// Roles of the key pair's owner, as the provider's check reports them (ThreatWinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+
+    /// Groups of the key pair's owner, as the provider's check reports them (ThreatWinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+
     /// Whether the key pair is enabled at the provider (Datonis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,

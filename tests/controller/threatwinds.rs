@@ -70,6 +70,12 @@ async fn lifecycle(test: &str, dialect: Dialect) {
         condition(&akp, "Verified"),
         Some(("True".into(), "Verified".into()))
     );
+    let checked = akp.status.clone().unwrap_or_default();
+    assert_eq!(
+        (checked.roles, checked.groups),
+        (vec!["user".to_owned()], vec!["public".to_owned()]),
+        "roles and groups from the check"
+    );
     assert_eq!(
         check(&s.sandbox.url(), &data["apiKey"], &data["apiSecret"]).await,
         Some(true)
@@ -365,4 +371,46 @@ async fn secret_template_sets_labels_annotations_and_key_names() {
     assert_eq!(owner[0].kind, "ApiKeyPair");
     let data: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
     assert_eq!(data, ["TW_API_KEY", "TW_API_SECRET"]);
+}
+
+#[tokio::test]
+async fn provider_sessions_are_checked_and_extended_before_they_expire() {
+    let mut config = keypair_operator::sandbox::SandboxConfig::threatwinds();
+    config.session_tokens = vec![SESSION_TOKEN.to_owned()];
+    // Sessions last 10 minutes; the operator extends them when less than 1 hour is left.
+    config.session_ttl = std::time::Duration::from_secs(600);
+    let s = Scenario::with_sandbox("tw-session", config, &[], &[]).await;
+    let providers: Api<keypair_operator::crd::KeyPairProvider> =
+        Api::namespaced(s.client.clone(), &s.ns);
+    let provider = common::wait_for(
+        "provider ready with a session expiry",
+        std::time::Duration::from_secs(30),
+        || async {
+            let p = providers.get("p").await.ok()?;
+            let status = p.status.clone()?;
+            let ready = status.conditions.iter().any(|c| {
+                c.type_ == "Ready" && c.status == "True" && c.reason == "CredentialsValid"
+            });
+            (ready && status.session_expire_at.is_some()).then_some(p)
+        },
+    )
+    .await;
+    assert!(s.sandbox.count("GET /api/auth/v2/session").await >= 1);
+    assert!(
+        s.sandbox.count("PUT /api/auth/v2/session/extend").await >= 1,
+        "{}",
+        s.sandbox.stats().await
+    );
+    let expire_at = provider
+        .status
+        .and_then(|st| st.session_expire_at)
+        .expect("expiry");
+    let left = chrono::DateTime::parse_from_rfc3339(&expire_at)
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
+        - chrono::Utc::now();
+    assert!(
+        left.num_seconds() > 500,
+        "extended to a fresh 10 minutes: {left}"
+    );
 }
