@@ -469,3 +469,59 @@ pub async fn run(
     futures::future::join_all(tasks).await;
     info!("controllers stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        let cap = Duration::from_secs(300);
+        assert_eq!(backoff(1, 0.5, cap, None), Duration::from_secs(1));
+        assert_eq!(backoff(4, 0.5, cap, None), Duration::from_secs(8));
+        assert_eq!(backoff(4, 0.0, cap, None), Duration::from_secs(6));
+        assert_eq!(backoff(4, 1.0, cap, None), Duration::from_secs(10));
+        assert_eq!(backoff(30, 0.5, cap, None), cap, "capped");
+        assert_eq!(backoff(u32::MAX, 0.5, cap, None), cap, "no overflow");
+    }
+
+    #[test]
+    fn retry_after_is_never_undercut() {
+        let cap = Duration::from_secs(300);
+        let retry_after = Some(Duration::from_secs(42));
+        assert_eq!(backoff(1, 0.5, cap, retry_after), Duration::from_secs(42));
+        assert_eq!(
+            backoff(10, 0.5, cap, retry_after),
+            cap.min(Duration::from_secs(512))
+        );
+    }
+
+    #[test]
+    fn errors_say_whether_to_retry_and_why() {
+        let server = Error::Provider(ProviderError::Server {
+            status: 503,
+            message: "down".into(),
+            error_id: None,
+            retry_after: Some(Duration::from_secs(7)),
+        });
+        assert!(server.is_retryable());
+        assert_eq!(server.reason(), reason::REMOTE_UNAVAILABLE);
+        assert_eq!(server.retry_after(), Some(Duration::from_secs(7)));
+        let bad = Error::Provider(ProviderError::BadRequest {
+            message: "no".into(),
+            error_id: None,
+        });
+        assert!(!bad.is_retryable());
+        assert_eq!(bad.reason(), reason::REMOTE_REJECTED);
+        assert!(!Error::InvalidSpec("x".into()).is_retryable());
+        assert_eq!(
+            Error::SecretConflict("x".into()).reason(),
+            reason::SECRET_CONFLICT
+        );
+        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(
+            server,
+        )));
+        assert!(wrapped.is_retryable());
+        assert_eq!(wrapped.reason(), reason::REMOTE_UNAVAILABLE);
+    }
+}
