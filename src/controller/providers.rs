@@ -4,13 +4,11 @@
 //! each provider's `Ready` condition and ThreatWinds session alive.
 
 use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use governor::{DefaultDirectRateLimiter, Quota};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -29,7 +27,7 @@ use crate::crd::{
 };
 use crate::provider::{
     CreateKeyPair, CreatedKeyPair, CredentialStatus, DatonisClient, DatonisCredentials,
-    HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RemoteKeyPair,
+    HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RateLimiter, RemoteKeyPair,
     ThreatWindsClient, UpdateKeyPair,
 };
 use crate::telemetry::Metrics;
@@ -115,13 +113,11 @@ impl Backend {
     }
 }
 
-/// A provider client behind the provider's shared rate limiter: every call waits for a
-/// token first, so all `ApiKeyPair`s together never exceed `spec.rateLimit`; and every
-/// call is counted in the metrics by operation and outcome.
+/// A provider client whose every call is counted in the metrics by operation and outcome.
+/// (The provider's rate limit is enforced below, on every HTTP request the client makes.)
 #[derive(Clone)]
 pub struct ProviderHandle {
     backend: Backend,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     create_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     metrics: Arc<Metrics>,
     /// `Kind namespace/name` of the provider resource.
@@ -129,16 +125,12 @@ pub struct ProviderHandle {
 }
 
 impl ProviderHandle {
-    /// Runs one provider call: waits for the rate limiter, then counts the outcome.
-    /// `call` is lazy, so nothing reaches the provider before the limiter allows it.
+    /// Runs one provider call and counts its outcome.
     async fn call<T>(
         &self,
         operation: &'static str,
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
-        }
         let result = call.await;
         let status = result.as_ref().map_or_else(ProviderError::class, |_| "ok");
         self.metrics
@@ -231,7 +223,7 @@ struct CachedBackend {
 
 struct CachedLimiter {
     rate_limit: RateLimit,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    limiter: RateLimiter,
 }
 
 /// Builds and caches provider clients; shared by every controller.
@@ -396,7 +388,8 @@ impl Registry {
             Some(backend) => backend,
             None => {
                 let secret = secrets.get_opt(&secret_name).await?.ok_or_else(missing)?;
-                let backend = self.build_backend(provider, connection, &secret)?;
+                let limiter = self.limiter(&key, connection.rate_limit.as_ref());
+                let backend = self.build_backend(provider, connection, &secret, limiter)?;
                 if let Ok(mut map) = self.backends.lock() {
                     map.insert(
                         key.clone(),
@@ -413,7 +406,6 @@ impl Registry {
         Ok(ProviderHandle {
             create_lock,
             backend,
-            limiter: self.limiter(&key, connection.rate_limit.as_ref()),
             metrics: self.metrics.clone(),
 
             description: provider.describe(),
@@ -427,11 +419,9 @@ impl Registry {
         }
     }
 
-    fn limiter(
-        &self,
-        key: &ProviderKey,
-        rate_limit: Option<&RateLimit>,
-    ) -> Option<Arc<DefaultDirectRateLimiter>> {
+    /// The provider's shared limiter: the same one for as long as `rateLimit` stays the
+    /// same, so rebuilt clients (new credentials) keep counting in one bucket.
+    fn limiter(&self, key: &ProviderKey, rate_limit: Option<&RateLimit>) -> Option<RateLimiter> {
         let mut limiters = self.limiters.lock().ok()?;
         let Some(rate_limit) = rate_limit else {
             limiters.remove(key);
@@ -440,10 +430,7 @@ impl Registry {
         if let Some(cached) = limiters.get(key).filter(|c| &c.rate_limit == rate_limit) {
             return Some(cached.limiter.clone());
         }
-        let period = Duration::from_secs_f64(1.0 / rate_limit.requests_per_second.max(0.0001));
-        let burst = NonZeroU32::new(rate_limit.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(period)?.allow_burst(burst);
-        let limiter = Arc::new(DefaultDirectRateLimiter::direct(quota));
+        let limiter = RateLimiter::new(rate_limit.requests_per_second, rate_limit.burst);
         limiters.insert(
             key.clone(),
             CachedLimiter {
@@ -459,6 +446,7 @@ impl Registry {
         provider: &P,
         connection: &ProviderConnection,
         secret: &Secret,
+        rate_limiter: Option<RateLimiter>,
     ) -> Result<Backend, Error> {
         let data = secret.data.clone().unwrap_or_default();
         let value = |key: &str| -> Option<String> {
@@ -469,6 +457,7 @@ impl Registry {
         };
         let options = HttpOptions {
             timeout: self.timeout,
+            rate_limiter,
             ..HttpOptions::default()
         };
         let not_ready =

@@ -27,7 +27,7 @@ const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Longest `Retry-After` honoured: a broken header must not park a resource for years.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Timeouts and identity of the HTTP client.
+/// Timeouts, identity and request rate of the HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpOptions {
     /// Whole-request deadline: connect, send, and read the full body.
@@ -36,7 +36,48 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// `User-Agent` header.
     pub user_agent: String,
+    /// A limit every request waits for, shared by all clients given the same limiter.
+    pub rate_limiter: Option<RateLimiter>,
 }
+
+/// A token bucket that every request of a client waits for, including the ones a client
+/// makes on its own (a Datonis sign-in), so that the provider never sees more than the
+/// configured rate. Clones share one bucket.
+#[derive(Clone)]
+pub struct RateLimiter(std::sync::Arc<governor::DefaultDirectRateLimiter>);
+
+impl RateLimiter {
+    /// `requests_per_second` sustained, up to `burst` at once after a quiet period.
+    pub fn new(requests_per_second: f64, burst: u32) -> Self {
+        let period = Duration::from_secs_f64(1.0 / requests_per_second.max(0.0001));
+        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+            .allow_burst(burst);
+        RateLimiter(std::sync::Arc::new(
+            governor::DefaultDirectRateLimiter::direct(quota),
+        ))
+    }
+
+    /// Waits until a request may be sent.
+    pub async fn until_ready(&self) {
+        self.0.until_ready().await;
+    }
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RateLimiter")
+    }
+}
+
+impl PartialEq for RateLimiter {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RateLimiter {}
 
 impl Default for HttpOptions {
     fn default() -> Self {
@@ -44,6 +85,7 @@ impl Default for HttpOptions {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             user_agent: concat!("keypair-operator/", env!("CARGO_PKG_VERSION")).to_owned(),
+            rate_limiter: None,
         }
     }
 }
@@ -155,6 +197,7 @@ pub(crate) struct HttpLayer {
     base: Url,
     provider: ProviderKind,
     dialect: ErrorDialect,
+    rate_limiter: Option<RateLimiter>,
 }
 
 impl std::fmt::Debug for HttpLayer {
@@ -239,6 +282,7 @@ impl HttpLayer {
             base,
             provider,
             dialect,
+            rate_limiter: options.rate_limiter.clone(),
         })
     }
 
@@ -290,6 +334,9 @@ impl HttpLayer {
             ..
         } = call;
         let secrets = &secrets[..];
+        if let Some(limiter) = &self.rate_limiter {
+            limiter.until_ready().await;
+        }
         let started = Instant::now();
         let mut request = self
             .client

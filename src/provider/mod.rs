@@ -19,7 +19,7 @@ pub use datonis::{
     TimestampFormat,
 };
 pub use error::ProviderError;
-pub use http::HttpOptions;
+pub use http::{HttpOptions, RateLimiter};
 pub use threatwinds::{SessionInfo, ThreatWindsClient};
 
 use chrono::{DateTime, NaiveDate, Utc};
