@@ -246,26 +246,34 @@ impl Run {
                 self.write_status(false).await?;
                 Ok(action)
             }
-            Err(Error::Stale) => Err(Error::Stale),
             Err(error) => {
-                let was =
-                    conditions::find(&self.status.conditions, READY).map(|c| c.reason.clone());
-                self.set(READY, status::FALSE, error.reason(), error.to_string());
-                self.status.observed_generation = self.generation();
                 self.record_gauges();
-                self.write_status(false).await?;
-                if was.as_deref() != Some(error.reason()) {
-                    self.event(
-                        EventType::Warning,
-                        error.reason(),
-                        "Reconcile",
-                        error.to_string(),
-                    )
-                    .await;
-                }
-                Err(error)
+                self.report(error, "Reconcile").await
             }
         }
+    }
+
+    /// Puts a failure in the status (`Ready=False` with its reason and message) and, when
+    /// the reason is new, in a Warning event; then returns it for the error policy.
+    async fn report(mut self, error: Error, action: &str) -> Result<Action, Error> {
+        if matches!(error, Error::Stale) {
+            // Nothing to tell: the next reconcile works from the new version.
+            return Err(error);
+        }
+        let was = conditions::find(&self.status.conditions, READY).map(|c| c.reason.clone());
+        self.set(READY, status::FALSE, error.reason(), error.to_string());
+        self.status.observed_generation = self.generation();
+        self.write_status(false).await?;
+        if was.as_deref() != Some(error.reason()) {
+            self.event(
+                EventType::Warning,
+                error.reason(),
+                action,
+                error.to_string(),
+            )
+            .await;
+        }
+        Err(error)
     }
 
     async fn apply_steps(&mut self) -> Result<Action, Error> {
@@ -595,6 +603,8 @@ impl Run {
         self.status.verification_code_id = pending.verification_code_id.clone();
         self.status.validity_days = Some(self.akp.spec.validity_days);
         self.status.pending_key = None;
+        // The conditions describe the new key in the same write.
+        self.set_steady_conditions(provider.kind());
         self.write_status(false).await?;
         self.event(
             EventType::Normal,
@@ -1075,6 +1085,14 @@ impl Run {
     // ---- delete ------------------------------------------------------------------------
 
     async fn cleanup(self) -> Result<Action, Error> {
+        match self.cleanup_steps().await {
+            Ok(action) => Ok(action),
+            // A resource stuck in deletion says why (and that force-orphan releases it).
+            Err(error) => self.report(error, "DeleteKeyPair").await,
+        }
+    }
+
+    async fn cleanup_steps(&self) -> Result<Action, Error> {
         let akp = &self.akp;
         self.ctx
             .metrics
