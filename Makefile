@@ -23,9 +23,10 @@ test: ## run every test: installs what is missing, starts a local control plane,
 	scripts/test.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check and clippy with warnings as errors (with and without test features)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --all-features -- -D warnings
 
 .PHONY: crds
 crds: ## regenerate crds/ and the Helm chart's crds/ from the Rust types
