@@ -219,10 +219,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error a reconcile step failed with, seen through the finalizer helper's wrapper.
+    /// The helper's own failures (adding or removing the finalizer) stay wrapped: they are
+    /// Kubernetes API errors.
+    fn unwrapped(&self) -> &Error {
+        use kube::runtime::finalizer::Error::{ApplyFailed, CleanupFailed};
+        match self {
+            Error::Finalizer(inner) => match inner.as_ref() {
+                ApplyFailed(e) | CleanupFailed(e) => e.unwrapped(),
+                _ => self,
+            },
+            _ => self,
+        }
+    }
+
     /// The condition reason that describes this error.
     pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube(_) | Error::Stale => reason::PROGRESSING,
+        match self.unwrapped() {
+            Error::Kube(_) | Error::Stale | Error::Finalizer(_) => reason::PROGRESSING,
             Error::Provider(e) => provider_reason(e),
             Error::ProviderNotFound(_) => reason::PROVIDER_NOT_FOUND,
             Error::ProviderNotAllowed(_) => reason::PROVIDER_NOT_ALLOWED,
@@ -230,24 +244,14 @@ impl Error {
             Error::InvalidSpec(_) => reason::INVALID_SPEC,
             Error::SecretConflict(_) => reason::SECRET_CONFLICT,
             Error::CreateAmbiguous(_) => reason::CREATE_AMBIGUOUS,
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
-                _ => reason::PROGRESSING,
-            },
         }
     }
 
     /// Whether retrying soon can help (as opposed to waiting for a spec or Secret change).
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Kube(_) | Error::Stale => true,
+        match self.unwrapped() {
+            Error::Kube(_) | Error::Stale | Error::Finalizer(_) => true,
             Error::Provider(e) => e.is_retryable(),
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_retryable(),
-                _ => true,
-            },
             // Fixed by someone else (a provider appears, a Secret is created): the watches
             // trigger a reconcile then, and a slow retry covers what they cannot see.
             _ => false,
@@ -256,13 +260,8 @@ impl Error {
 
     /// The provider's `Retry-After`, if it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
+        match self.unwrapped() {
             Error::Provider(e) => e.retry_after(),
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
-                _ => None,
-            },
             _ => None,
         }
     }
@@ -356,7 +355,7 @@ pub async fn run(
     );
     let mut caches = Vec::new();
     for namespace in namespaces {
-        let api = |client: &Client| -> (Api<ApiKeyPair>, Api<Secret>, Api<KeyPairProvider>) {
+        let (key_pairs, secrets, kpp): (Api<ApiKeyPair>, Api<Secret>, Api<KeyPairProvider>) =
             match &namespace {
                 None => (
                     Api::all(client.clone()),
@@ -368,9 +367,7 @@ pub async fn run(
                     Api::namespaced(client.clone(), ns),
                     Api::namespaced(client.clone(), ns),
                 ),
-            }
-        };
-        let (key_pairs, secrets, kpp) = api(&client);
+            };
 
         let (secret_store, secret_writer) = reflector::store();
         let secret_stream = watcher(
@@ -422,7 +419,7 @@ pub async fn run(
         let controller = controller
             .owns_stream(secret_stream)
             .watches(
-                kpp,
+                kpp.clone(),
                 watcher::Config::default(),
                 move |p: KeyPairProvider| namespaced_map(p.name_any(), p.namespace()),
             )
@@ -441,7 +438,6 @@ pub async fn run(
             });
         tasks.push(futures::FutureExt::boxed(controller));
 
-        let (_, _, kpp) = api(&client);
         tasks.push(futures::FutureExt::boxed(providers::run(
             kpp,
             ProviderRefKind::KeyPairProvider,
