@@ -192,6 +192,26 @@ async fn wrong_code_is_rejected_once_and_a_new_code_can_be_requested() {
     );
 }
 
+/// The key id an `ApiKeyPair`'s status records.
+fn key_id(akp: &ApiKeyPair) -> String {
+    akp.status
+        .clone()
+        .unwrap_or_default()
+        .key_id
+        .expect("key id")
+}
+
+/// Waits until the `ApiKeyPair` records a key other than `old_id`.
+async fn wait_new_key(s: &Scenario, name: &str, old_id: &str) -> ApiKeyPair {
+    s.wait(name, "a new key", |a| {
+        a.status
+            .as_ref()
+            .and_then(|st| st.key_id.as_deref())
+            .is_some_and(|id| id != old_id)
+    })
+    .await
+}
+
 async fn ready_key(s: &Scenario, name: &str) -> (ApiKeyPair, BTreeMap<String, String>) {
     let akp = s.wait_ready(name, "False", "VerificationCodeMissing").await;
     s.submit_code(&akp).await;
@@ -205,26 +225,14 @@ async fn a_deleted_secret_means_the_secret_is_lost_and_the_key_is_replaced() {
     let s = Scenario::threatwinds("tw-secret-lost", Dialect::Current, &[], &[]).await;
     s.akp("web", verification_spec()).await;
     let (akp, data) = ready_key(&s, "web").await;
-    let old_id = akp
-        .status
-        .clone()
-        .unwrap_or_default()
-        .key_id
-        .expect("key id");
+    let old_id = key_id(&akp);
 
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns);
     secrets
         .delete("web", &Default::default())
         .await
         .expect("delete Secret");
-    let akp = s
-        .wait("web", "a new key", |a| {
-            a.status
-                .as_ref()
-                .and_then(|st| st.key_id.as_deref())
-                .is_some_and(|id| id != old_id)
-        })
-        .await;
+    let akp = wait_new_key(&s, "web", &old_id).await;
     assert!(
         akp.status
             .as_ref()
@@ -246,12 +254,7 @@ async fn a_key_deleted_at_the_provider_is_recreated() {
     let s = Scenario::threatwinds("tw-remote-missing", Dialect::Current, &[], &[]).await;
     s.akp("web", verification_spec()).await;
     let (akp, _) = ready_key(&s, "web").await;
-    let old_id = akp
-        .status
-        .clone()
-        .unwrap_or_default()
-        .key_id
-        .expect("key id");
+    let old_id = key_id(&akp);
 
     let response = reqwest::Client::new()
         .delete(format!("{}/api/auth/v2/keypair/{old_id}", s.sandbox.url()))
@@ -260,14 +263,7 @@ async fn a_key_deleted_at_the_provider_is_recreated() {
         .await
         .expect("delete at sandbox");
     assert!(response.status().is_success());
-    let akp = s
-        .wait("web", "a new key", |a| {
-            a.status
-                .as_ref()
-                .and_then(|st| st.key_id.as_deref())
-                .is_some_and(|id| id != old_id)
-        })
-        .await;
+    let akp = wait_new_key(&s, "web", &old_id).await;
     let events = common::events_for(&s.client, &s.ns, "web").await;
     assert!(
         events.iter().any(|e| e.0 == "RemoteKeyMissing"),
@@ -289,12 +285,7 @@ async fn a_new_key_name_replaces_the_key_only_after_the_replacement_is_verified(
     spec["keyName"] = json!("billing");
     s.akp("web", spec.clone()).await;
     let (akp, old_data) = ready_key(&s, "web").await;
-    let old_id = akp
-        .status
-        .clone()
-        .unwrap_or_default()
-        .key_id
-        .expect("key id");
+    let old_id = key_id(&akp);
 
     spec["keyName"] = json!("billing-v2");
     s.akp("web", spec).await;
