@@ -41,6 +41,11 @@ pub mod reason {
     pub const REMOTE_REJECTED: &str = "RemoteRejected";
     /// The provider throttled the operator.
     pub const RATE_LIMITED: &str = "RateLimited";
+    /// The provider refused the operation (403 without `Retry-After`): the account lacks
+    /// a permission. Retried with growing back-off in case it was throttling after all.
+    pub const PERMISSION_DENIED: &str = "PermissionDenied";
+    /// The status contradicts itself (edited by hand?); the operator does not guess.
+    pub const INCONSISTENT_STATUS: &str = "InconsistentStatus";
     /// The provider could not be reached or failed (retried with backoff).
     pub const REMOTE_UNAVAILABLE: &str = "RemoteUnavailable";
     /// The provider answered in a way the operator does not understand.

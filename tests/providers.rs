@@ -181,6 +181,7 @@ fn short_timeout() -> HttpOptions {
 #[track_caller]
 fn assert_variant(e: &ProviderError, want: &str) {
     let got = match e {
+        ProviderError::CodeRejected { .. } => "code_rejected",
         ProviderError::NotFound { .. } => "NotFound",
         ProviderError::Unauthorized { .. } => "Unauthorized",
         ProviderError::Forbidden { .. } => "Forbidden",

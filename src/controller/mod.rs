@@ -1,15 +1,19 @@
 //! The controllers: `ApiKeyPair` reconciliation (create, Secret, verification, observe,
 //! update/replace, delete) and provider readiness, wired into kube-runtime.
 //!
-//! Layout: [`plan`] holds the decisions as pure functions, [`secret`] the pure Secret
-//! builder, [`providers`] resolves provider resources into rate-limited clients and keeps
-//! provider status, [`key_pair`] performs the `ApiKeyPair` lifecycle (the I/O), and this
-//! module holds the shared [`Context`], the error type and the wiring.
+//! Layout: [`state`] parses the lifecycle state from the status, [`plan`] holds every
+//! decision as a pure function, [`secret`] the pure Secret builder, [`lifecycle`] executes
+//! the decisions in a safe order against two ports (cluster and provider), [`key_pair`]
+//! is the kube-runtime entry point and the cluster port over the API server,
+//! [`providers`] resolves provider resources into rate-limited clients and keeps provider
+//! status, and this module holds the shared [`Context`], the error type and the wiring.
 
 pub mod key_pair;
+pub mod lifecycle;
 pub mod plan;
 pub mod providers;
 pub mod secret;
+pub mod state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -98,6 +102,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<ApiKeyPair>, u32>>,
     /// When each key pair was last checked at the provider, by UID.
     last_checks: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// The namespaces watched (to find keys other resources reference).
+    pub scope: Scope,
 }
 
 impl Context {
@@ -120,7 +126,14 @@ impl Context {
             settings,
             failures: Mutex::default(),
             last_checks: Mutex::default(),
+            scope: Scope::All,
         }
+    }
+
+    /// The same context watching `scope`.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Publishes an event about `akp`; failures to publish are logged, never fatal.
@@ -144,26 +157,22 @@ impl Context {
         }
     }
 
-    /// Whether the key pair with `uid` is due for a provider check, and if so, marks it
-    /// checked now. The first reconcile of each key pair in this process is always due.
+    /// Whether the key pair with `uid` is due for a provider check. The first reconcile of
+    /// each key pair in this process is always due.
     pub fn check_due(&self, uid: &str) -> bool {
         let now = tokio::time::Instant::now();
-        let Ok(mut checks) = self.last_checks.lock() else {
+        let Ok(checks) = self.last_checks.lock() else {
             return true;
         };
-        let due = checks.get(uid).is_none_or(|last| {
+        checks.get(uid).is_none_or(|last| {
             now.duration_since(*last) >= self.settings.check_interval.mul_f64(0.9)
-        });
-        if due {
-            checks.insert(uid.to_owned(), now);
-        }
-        due
+        })
     }
 
-    /// Forgets the last check of `uid`, so the next reconcile checks again.
-    pub fn forget_check(&self, uid: &str) {
+    /// Records a successful provider check of `uid` (a failed one stays due).
+    pub fn mark_checked(&self, uid: &str) {
         if let Ok(mut checks) = self.last_checks.lock() {
-            checks.remove(uid);
+            checks.insert(uid.to_owned(), tokio::time::Instant::now());
         }
     }
 
@@ -210,6 +219,9 @@ pub enum Error {
     /// An interrupted create left keys that cannot be told apart safely.
     #[error("{0}")]
     CreateAmbiguous(String),
+    /// The status contradicts itself; nothing is guessed.
+    #[error("{0}")]
+    InconsistentStatus(#[from] state::InconsistentStatus),
     /// The cached object was stale; the write was refused and will be retried.
     #[error("the object changed since it was read; retrying with the new version")]
     Stale,
@@ -244,6 +256,7 @@ impl Error {
             Error::InvalidSpec(_) => reason::INVALID_SPEC,
             Error::SecretConflict(_) => reason::SECRET_CONFLICT,
             Error::CreateAmbiguous(_) => reason::CREATE_AMBIGUOUS,
+            Error::InconsistentStatus(_) => reason::INCONSISTENT_STATUS,
         }
     }
 
@@ -271,7 +284,13 @@ impl Error {
 pub fn provider_reason(error: &ProviderError) -> &'static str {
     match error {
         ProviderError::Unauthorized { .. } => reason::PROVIDER_NOT_READY,
+        // The current ThreatWinds page says 403 means no permission, the older one that it
+        // may be throttling: with Retry-After it is throttling, without it a permission.
+        ProviderError::Forbidden { .. } if error.is_permission_denied() => {
+            reason::PERMISSION_DENIED
+        }
         ProviderError::RateLimited { .. } | ProviderError::Forbidden { .. } => reason::RATE_LIMITED,
+        ProviderError::CodeRejected { .. } => reason::VERIFICATION_CODE_REJECTED,
         ProviderError::Server { .. } | ProviderError::Transport { .. } => {
             reason::REMOTE_UNAVAILABLE
         }
@@ -297,19 +316,37 @@ pub fn backoff(
     retry_after.map_or(jittered, |r| jittered.max(r))
 }
 
-/// kube-runtime's error policy: per-object exponential back-off with jitter; terminal
-/// errors wait for the next check (a spec change triggers a reconcile anyway).
+/// Failures a terminal error counts as, so its back-off starts at 2^5 = 32 s.
+const TERMINAL_BACKOFF_HEAD_START: u32 = 5;
+
+/// kube-runtime's error policy: per-object exponential back-off with jitter, from 32 s for
+/// terminal errors (a spec change triggers a reconcile anyway).
 pub fn error_policy(akp: Arc<ApiKeyPair>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.record_failure(ObjectRef::from_obj(akp.as_ref()));
-    if !error.is_retryable() {
-        return Action::requeue(ctx.settings.check_interval.min(ctx.settings.max_backoff));
-    }
+    // An error that waits for a change elsewhere starts its back-off at half a minute; the
+    // watches react to that change sooner anyway.
+    let failures = match error.is_retryable() {
+        true => failures,
+        false => failures.saturating_add(TERMINAL_BACKOFF_HEAD_START),
+    };
     Action::requeue(backoff(
         failures,
         rand::random(),
         ctx.settings.max_backoff,
         error.retry_after(),
     ))
+}
+
+/// The parts of an `ApiKeyPair` whose change needs a reconcile: the spec (generation), the
+/// annotations (new-code and force-orphan requests), the finalizers and deletion.
+fn user_changes(akp: &ApiKeyPair) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    akp.metadata.generation.hash(&mut hasher);
+    akp.metadata.annotations.hash(&mut hasher);
+    akp.metadata.finalizers.hash(&mut hasher);
+    akp.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// How the controllers run.
@@ -378,10 +415,19 @@ pub async fn run(
         .reflect(secret_writer)
         .touched_objects();
 
-        let controller = Controller::new(key_pairs, watcher::Config::default()).with_config(
-            kube::runtime::controller::Config::default().concurrency(settings.concurrency),
-        );
-        let key_pair_store = controller.store();
+        let (key_pair_store, key_pair_writer) = reflector::store();
+        // Only changes a user makes trigger a reconcile, never the operator's own status
+        // writes: otherwise every write of a failing reconcile would start the next one at
+        // once and the back-off would never apply.
+        let key_pair_stream = watcher(key_pairs, watcher::Config::default())
+            .default_backoff()
+            .reflect(key_pair_writer)
+            .applied_objects()
+            .predicate_filter(user_changes, Default::default());
+        let controller = Controller::for_stream(key_pair_stream, key_pair_store.clone())
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(settings.concurrency),
+            );
         let (kp, sec) = (key_pair_store.clone(), secret_store.clone());
         caches.push(futures::FutureExt::boxed(async move {
             kp.wait_until_ready().await
@@ -389,14 +435,17 @@ pub async fn run(
         caches.push(futures::FutureExt::boxed(async move {
             sec.wait_until_ready().await
         }));
-        let ctx = Arc::new(Context::new(
-            client.clone(),
-            recorder.clone(),
-            registry.clone(),
-            secret_store,
-            key_pair_store.clone(),
-            settings.clone(),
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                recorder.clone(),
+                registry.clone(),
+                secret_store,
+                key_pair_store.clone(),
+                settings.clone(),
+            )
+            .with_scope(scope.clone()),
+        );
         let by_provider = |kind: ProviderRefKind, store: Store<ApiKeyPair>| {
             move |provider_name: String, provider_ns: Option<String>| {
                 store

@@ -1,94 +1,95 @@
-//! Decisions, as pure functions: given what the controller knows (spec, status, the
-//! Secret, what the provider reported), what happens next. No I/O here, so every branch
-//! of the lifecycle is reachable from unit tests without a cluster or a provider.
+//! Decisions, as pure functions over (state, spec, observation): given the parsed
+//! [`KeyState`], the Secret and what the provider reported, what happens next. No I/O
+//! here, so every branch of the lifecycle is reachable from unit tests without a cluster
+//! or a provider; [`super::lifecycle`] executes the decisions.
 
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 
-use crate::crd::{ApiKeyPair, ApiKeyPairStatus, PendingCreate};
-use crate::provider::{ProviderKind, RemoteKeyPair, UpdateKeyPair};
+use crate::conditions::{reason, status};
+use crate::crd::{ApiKeyPair, ApiKeyPairStatus, DeletionPolicy, ProviderRef, ReplacementStage};
+use crate::provider::{ProviderError, ProviderKind, RemoteKeyPair, UpdateKeyPair};
 
 use super::secret::SecretView;
-
-/// Why a key pair is being created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Purpose {
-    /// The resource has no key yet.
-    Initial,
-    /// The spec changed in a way the provider cannot update (ThreatWinds).
-    Replace,
-    /// The API secret is gone for good (ThreatWinds Secret deleted or edited).
-    SecretLost,
-    /// The key was deleted at the provider by someone else.
-    RemoteKeyMissing,
-}
-
-impl Purpose {
-    /// The name recorded in `status.pendingCreate.purpose`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Initial => "Initial",
-            Purpose::Replace => "Replace",
-            Purpose::SecretLost => "SecretLost",
-            Purpose::RemoteKeyMissing => "RemoteKeyMissing",
-        }
-    }
-
-    /// Parses a recorded purpose (unknown values count as `Initial`).
-    pub fn parse(value: &str) -> Self {
-        match value {
-            "Replace" => Purpose::Replace,
-            "SecretLost" => Purpose::SecretLost,
-            "RemoteKeyMissing" => Purpose::RemoteKeyMissing,
-            _ => Purpose::Initial,
-        }
-    }
-
-    /// Whether the new key goes to the Secret's pending slot (the current key keeps
-    /// serving until the new one is verified) instead of replacing it at once.
-    pub fn stages_as_pending(self, kind: ProviderKind) -> bool {
-        self == Purpose::Replace && kind == ProviderKind::Threatwinds
-    }
-}
+use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification};
 
 /// The structural next step of an `ApiKeyPair` reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// A Secret of the wanted name exists and is not ours: touch nothing.
     SecretConflict,
+    /// No key and no attempt: create the first key.
+    Create,
     /// A create was interrupted: find what it created before doing anything else.
-    RecoverCreate(PendingCreate),
-    /// Create a key pair through the crash-safe path.
-    Create(Purpose),
-    /// Finish a ThreatWinds replacement whose Secret swap was written but not recorded.
-    FinishPromotion,
+    Recover {
+        /// The interrupted attempt.
+        intent: Intent,
+        /// The key recorded before it.
+        previous: Option<KeyRecord>,
+    },
+    /// A verified replacement is in the Secret: retire the old key, record the new one.
+    FinishPromotion {
+        /// The key being retired.
+        old: KeyRecord,
+        /// The key taking over.
+        new: KeyRecord,
+    },
     /// The key is in place: observe it, apply updates, handle verification.
-    Steady,
+    Steady {
+        /// The serving key.
+        key: KeyRecord,
+        /// A replacement waiting beside it.
+        replacement: Option<Replacement>,
+    },
 }
 
-/// Picks the structural next step from the status and the Secret.
-pub fn next_step(status: &ApiKeyPairStatus, secret: &SecretView) -> Step {
+/// Picks the structural next step from the lifecycle state and the Secret.
+pub fn next_step(state: &KeyState, secret: &SecretView) -> Step {
     if *secret == SecretView::Foreign {
         return Step::SecretConflict;
     }
-    if let Some(pending) = &status.pending_create {
-        return Step::RecoverCreate(pending.clone());
-    }
-    let Some(api_key) = status.api_key.as_deref() else {
-        return Step::Create(Purpose::Initial);
-    };
-    // The Secret already serves the pending key (the swap was written, not recorded).
-    let swapped = match (secret.current(), status.pending_key.as_ref()) {
-        (Some(current), Some(pending)) => {
-            Some(current.api_key.as_str()) == pending.api_key.as_deref()
-                && current.api_key != api_key
+    match state.clone() {
+        KeyState::Empty => Step::Create,
+        KeyState::Creating { intent, previous } => Step::Recover { intent, previous },
+        KeyState::Active {
+            key,
+            replacement: Some(r),
+        } if r.stage == ReplacementStage::Promotion
+            || secret.current().map(|c| c.api_key.as_str()) == Some(r.key.api_key.as_str()) =>
+        {
+            Step::FinishPromotion {
+                old: key,
+                new: r.key,
+            }
         }
-        _ => false,
-    };
-    if swapped {
-        Step::FinishPromotion
-    } else {
-        Step::Steady
+        KeyState::Active { key, replacement } => Step::Steady { key, replacement },
     }
+}
+
+/// Whether the spec may be applied to what the status records, or is an edit the
+/// operator refuses (it would strand the key at the old provider).
+pub fn refused_edit(akp: &ApiKeyPair, status: &ApiKeyPairStatus) -> Option<String> {
+    let recorded = status.provider_ref.as_ref()?;
+    let owns_a_key = status.key_id.is_some() || status.pending_create.is_some();
+    (owns_a_key && *recorded != akp.spec.provider_ref).then(|| {
+        format!(
+            "spec.providerRef changed from {:?} {} to {:?} {} while key pair {} lives at the former; set it back, or delete this ApiKeyPair (its key is deleted where it lives) and create a new one",
+            recorded.kind,
+            recorded.name,
+            akp.spec.provider_ref.kind,
+            akp.spec.provider_ref.name,
+            status.key_id.as_deref().unwrap_or("(being created)")
+        )
+    })
+}
+
+/// The provider reference to work with: the one recorded with the key while the resource
+/// owns one (an edit is refused, see [`refused_edit`]), else the spec's.
+pub fn provider_ref_in_use(akp: &ApiKeyPair) -> &ProviderRef {
+    let recorded = akp.status.as_ref().and_then(|s| {
+        let owns_a_key = s.key_id.is_some() || s.pending_create.is_some();
+        s.provider_ref.as_ref().filter(|_| owns_a_key)
+    });
+    recorded.unwrap_or(&akp.spec.provider_ref)
 }
 
 /// What to do about the Secret of a key that is in place.
@@ -102,22 +103,306 @@ pub enum SecretRepair {
     RestoreApiKey,
     /// The secret is gone for good (ThreatWinds shows it once): replace the key.
     Lost,
+    /// The replacement's secret is gone (ThreatWinds): abandon the replacement.
+    ReplacementLost,
 }
 
-/// Decides how to repair the Secret of a key whose API key the status records.
+/// Decides how to repair the Secret of a key (and of a waiting replacement).
 pub fn secret_repair(
     kind: ProviderKind,
-    status_api_key: &str,
+    key: &KeyRecord,
+    replacement: Option<&Replacement>,
     secret: &SecretView,
 ) -> SecretRepair {
-    match (secret.current(), kind) {
-        (Some(c), _) if c.api_key == status_api_key => SecretRepair::Intact,
+    let current = match (secret.current(), kind) {
+        (Some(c), _) if c.api_key == key.api_key => SecretRepair::Intact,
         (_, ProviderKind::Datonis) => SecretRepair::RestoreFromProvider,
-        // Only the public half was edited: the secret is still there; the check that follows
-        // tells whether it still matches.
+        // Only the public half was edited: the secret is still there; the check that
+        // follows tells whether it still matches.
         (Some(_), ProviderKind::Threatwinds) => SecretRepair::RestoreApiKey,
         (None, ProviderKind::Threatwinds) => SecretRepair::Lost,
+    };
+    let replacement_lost = replacement.is_some_and(|r| {
+        secret.pending().map(|p| p.api_key.as_str()) != Some(r.key.api_key.as_str())
+    });
+    match current {
+        SecretRepair::Intact if replacement_lost => SecretRepair::ReplacementLost,
+        other => other,
     }
+}
+
+/// How to look a serving key up at its provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// ThreatWinds check endpoint with the key's own credentials: only for verified keys,
+    /// since the docs say a key must be verified before it is used.
+    WithOwnCredentials,
+    /// The session's list, matched by key id (ThreatWinds keys awaiting their code).
+    InSessionList,
+    /// By id (Datonis `GET /key_pairs/{key}`).
+    ById,
+}
+
+/// How to observe `key` at a `kind` provider.
+pub fn lookup_for(kind: ProviderKind, key: &KeyRecord) -> Lookup {
+    match (kind, &key.verification) {
+        (ProviderKind::Datonis, _) => Lookup::ById,
+        (ProviderKind::Threatwinds, Verification::Verified) => Lookup::WithOwnCredentials,
+        (ProviderKind::Threatwinds, _) => Lookup::InSessionList,
+    }
+}
+
+/// What one observation of the serving key means.
+#[derive(Clone, Debug)]
+pub enum Observation {
+    /// The provider reported the key.
+    Found(RemoteKeyPair),
+    /// A complete, fresh read says the key is gone.
+    Missing,
+    /// The answer is ambiguous (a 404 or 401 to the key's own credentials): confirm with
+    /// the session's list before acting; never delete on one such answer.
+    Confirm(ProviderError),
+    /// The call failed: report and retry.
+    Failed(ProviderError),
+}
+
+/// The observation outcome table.
+pub fn observation(lookup: Lookup, result: Result<RemoteKeyPair, ProviderError>) -> Observation {
+    match (lookup, result) {
+        (_, Ok(remote)) => Observation::Found(remote),
+        (Lookup::WithOwnCredentials, Err(e @ ProviderError::NotFound { .. }))
+        | (Lookup::WithOwnCredentials, Err(e @ ProviderError::Unauthorized { .. })) => {
+            Observation::Confirm(e)
+        }
+        (_, Err(ProviderError::NotFound { .. })) => Observation::Missing,
+        (_, Err(error)) => Observation::Failed(error),
+    }
+}
+
+/// What the session's list says after an ambiguous check of a key's own credentials.
+#[derive(Clone, Debug)]
+pub enum Confirmation {
+    /// The key is not in the list: it is gone.
+    Missing,
+    /// The key exists but refuses the credentials the Secret holds: they are lost.
+    SecretMismatch,
+    /// The key exists and is not verified (the check refused it for that): observe it.
+    Unverified(Box<RemoteKeyPair>),
+    /// The key exists and is verified, yet the check did not find it: nothing is decided on
+    /// that; the check is retried.
+    Inconclusive,
+}
+
+/// Decides what the session's list says about `key_id` after the check answered `error`.
+/// Only a refusal of the credentials (401) of a key that exists and is verified means the
+/// secret no longer matches.
+pub fn confirmation(key_id: &str, listed: &[RemoteKeyPair], error: &ProviderError) -> Confirmation {
+    let refused = matches!(error, ProviderError::Unauthorized { .. });
+    match listed.iter().find(|k| k.key_id == key_id) {
+        None => Confirmation::Missing,
+        Some(k) if k.verified == Some(false) => Confirmation::Unverified(Box::new(k.clone())),
+        Some(_) if refused => Confirmation::SecretMismatch,
+        Some(_) => Confirmation::Inconclusive,
+    }
+}
+
+/// Whether a failed create attempt's intent may be cleared: only a definite refusal
+/// proves that nothing was created. Anything else (5xx, timeout, a 2xx that cannot be
+/// decoded) may have committed and is left for recovery.
+pub fn create_error_clears_intent(error: &ProviderError) -> bool {
+    !error.may_have_committed()
+}
+
+/// The next verification action for a key that waits for its code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerificationStep {
+    /// Ask the provider to email a new code: on request, or because the code id was lost
+    /// (an interrupted create adopted its key without it).
+    RequestNewCode {
+        /// Whether a user asked (annotation) rather than the operator needing one.
+        requested: bool,
+    },
+    /// No `spec.verification.codeSecretRef` to read a code from.
+    NoCodeSource,
+    /// The code Secret has no code (yet).
+    CodeMissing,
+    /// This code was submitted for this code id and rejected: wait for another.
+    AlreadyRejected,
+    /// Submit the code.
+    Submit {
+        /// The code id to submit under.
+        code_id: String,
+        /// Fingerprint to record, so the code is submitted once.
+        fingerprint: String,
+    },
+}
+
+/// The verification protocol for a key awaiting its code, before reading the code.
+pub fn verification_start(
+    code_id: Option<&str>,
+    new_code_annotation: Option<&str>,
+    acted_on: Option<&str>,
+    has_code_source: bool,
+) -> Result<String, VerificationStep> {
+    if new_code_annotation.is_some() && new_code_annotation != acted_on {
+        return Err(VerificationStep::RequestNewCode { requested: true });
+    }
+    let Some(code_id) = code_id else {
+        return Err(VerificationStep::RequestNewCode { requested: false });
+    };
+    if !has_code_source {
+        return Err(VerificationStep::NoCodeSource);
+    }
+    Ok(code_id.to_owned())
+}
+
+/// The verification protocol once the code Secret is read.
+pub fn verification_submit(
+    code_id: String,
+    code: Option<&str>,
+    submitted_fingerprint: Option<&str>,
+) -> VerificationStep {
+    let Some(code) = code.filter(|c| !c.is_empty()) else {
+        return VerificationStep::CodeMissing;
+    };
+    let fingerprint = code_fingerprint(&code_id, code);
+    if submitted_fingerprint == Some(fingerprint.as_str()) {
+        return VerificationStep::AlreadyRejected;
+    }
+    VerificationStep::Submit {
+        code_id,
+        fingerprint,
+    }
+}
+
+/// What the answer to a code submission means.
+#[derive(Clone, Debug)]
+pub enum VerifyOutcome {
+    /// The key is verified.
+    Verified,
+    /// The provider rejected this code: remember it, wait for another.
+    Rejected(ProviderError),
+    /// Not decided (dead session, outage): forget the submission and try again later.
+    NotDelivered(ProviderError),
+}
+
+/// The verify outcome table: only a rejection the client confirmed against a live
+/// session counts against the code.
+pub fn verify_outcome(result: Result<(), ProviderError>) -> VerifyOutcome {
+    match result {
+        Ok(()) => VerifyOutcome::Verified,
+        Err(e @ ProviderError::CodeRejected { .. }) => VerifyOutcome::Rejected(e),
+        Err(e) => VerifyOutcome::NotDelivered(e),
+    }
+}
+
+/// What happens to the remote key when the resource is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// Delete every key the resource owns at the provider.
+    DeleteRemote,
+    /// Leave the remote key and release the Secret (it keeps the only copy of a
+    /// ThreatWinds secret, so garbage collection must not take it).
+    Orphan {
+        /// Whether the force-orphan annotation (not the policy) asked for it.
+        forced: bool,
+    },
+}
+
+/// The deletion policy.
+pub fn deletion(policy: DeletionPolicy, force_orphan: bool) -> Deletion {
+    match (force_orphan, policy) {
+        (true, _) => Deletion::Orphan { forced: true },
+        (false, DeletionPolicy::Orphan) => Deletion::Orphan { forced: false },
+        (false, DeletionPolicy::Delete) => Deletion::DeleteRemote,
+    }
+}
+
+/// The facts the steady-state conditions are decided from.
+#[derive(Clone, Debug)]
+pub struct SteadyFacts<'a> {
+    /// Provider kind.
+    pub kind: ProviderKind,
+    /// The serving key.
+    pub key: &'a KeyRecord,
+    /// A waiting replacement.
+    pub replacement: Option<&'a Replacement>,
+    /// Whether the key has expired.
+    pub expired: bool,
+    /// Whether the key is disabled (Datonis).
+    pub disabled: bool,
+    /// The verification step the key (or its replacement) is stuck at, if any.
+    pub waiting: Option<&'static str>,
+    /// Name of the Secret.
+    pub secret_name: &'a str,
+    /// When the key expires, as recorded.
+    pub expire_at: Option<&'a str>,
+}
+
+/// A condition as decided: status, reason, message.
+pub type Decided = (&'static str, &'static str, String);
+
+/// The Ready/Verified condition table of a key in place. `Verified` is `None` for
+/// providers without verification.
+pub fn steady_conditions(f: &SteadyFacts<'_>) -> (Decided, Option<Decided>) {
+    let key = &f.key.key_id;
+    let verified = (f.kind == ProviderKind::Threatwinds).then(|| {
+        if f.key.verification.usable() {
+            (
+                status::TRUE,
+                reason::VERIFIED,
+                format!("key pair {key} is verified"),
+            )
+        } else {
+            let why = f.waiting.unwrap_or(reason::AWAITING_VERIFICATION_CODE);
+            (status::FALSE, why, verification_message(why))
+        }
+    });
+    let ready = if f.expired {
+        let at = f.expire_at.unwrap_or_default();
+        (
+            status::FALSE,
+            reason::EXPIRED,
+            format!("key pair {key} expired at {at}"),
+        )
+    } else if !f.key.verification.usable() {
+        let why = f.waiting.unwrap_or(reason::AWAITING_VERIFICATION_CODE);
+        (
+            status::FALSE,
+            why,
+            format!("key pair {key} is not verified yet"),
+        )
+    } else if let Some(r) = f.replacement {
+        let waits = match r.stage {
+            ReplacementStage::VerificationCode => "verification code",
+            ReplacementStage::Promotion => "promotion",
+        };
+        let id = &r.key.key_id;
+        let message = format!("key pair {key} serves; replacement {id} waits for its {waits}");
+        (status::TRUE, reason::REPLACEMENT_PENDING, message)
+    } else if f.disabled {
+        let message = format!("key pair {key} is disabled as the spec asks");
+        (status::TRUE, reason::DISABLED, message)
+    } else {
+        let message = format!("key pair {key} is in the Secret {}", f.secret_name);
+        (status::TRUE, reason::READY, message)
+    };
+    (ready, verified)
+}
+
+fn verification_message(reason_: &str) -> String {
+    match reason_ {
+        reason::VERIFICATION_CODE_REJECTED => {
+            "the provider rejected the verification code; put the right code in the code Secret"
+        }
+        reason::VERIFICATION_CODE_MISSING => {
+            "waiting for the emailed verification code in the code Secret"
+        }
+        _ => {
+            "waiting for the emailed verification code; put it in a Secret and name it in spec.verification.codeSecretRef"
+        }
+    }
+    .to_owned()
 }
 
 /// The outcome of looking for what an interrupted create attempt left behind.
@@ -148,7 +433,7 @@ pub const DATONIS_WINDOW_AFTER: ChronoDuration = ChronoDuration::seconds(900);
 /// attempt's window, and not being referenced by any other `ApiKeyPair` (`referenced`).
 pub fn attempt_candidates<'a>(
     kind: ProviderKind,
-    attempt: &PendingCreate,
+    attempt: &Intent,
     wanted_role: Option<&str>,
     wanted_expiry: Option<NaiveDate>,
     remote: &'a [RemoteKeyPair],
@@ -160,10 +445,7 @@ pub fn attempt_candidates<'a>(
             .filter(|k| k.name.is_some() && k.name == attempt.remote_name)
             .collect(),
         ProviderKind::Datonis => {
-            let Ok(started) = DateTime::parse_from_rfc3339(&attempt.started_at) else {
-                return Vec::new();
-            };
-            let started = started.with_timezone(&Utc);
+            let started = attempt.started_at;
             let window = (started - DATONIS_WINDOW_BEFORE)..=(started + DATONIS_WINDOW_AFTER);
             remote
                 .iter()
@@ -253,13 +535,19 @@ fn strip_attempt_token(name: &str) -> &str {
 }
 
 /// The Datonis update that makes the remote key match the spec, if any.
-/// The expiry date counts `validityDays` from the day the key was created.
+/// The expiry date counts `validityDays` from the day the key was created. An update the
+/// provider refused for this generation is not sent again until the spec changes.
 pub fn datonis_update(
     akp: &ApiKeyPair,
     remote: &RemoteKeyPair,
     status: &ApiKeyPairStatus,
 ) -> Option<UpdateKeyPair> {
     let settings = akp.spec.datonis.as_ref()?;
+    if status.update_refused_generation.is_some()
+        && status.update_refused_generation == akp.metadata.generation
+    {
+        return None;
+    }
     let mut update = UpdateKeyPair::default();
     if remote.enabled != Some(settings.enabled) {
         update.enabled = Some(settings.enabled);
@@ -310,15 +598,20 @@ pub fn next_check(
 mod tests {
     use super::*;
     use crate::controller::secret::Credentials;
+    use crate::crd::CreatePurpose;
     use secrecy::SecretString;
 
     fn owned(api_key: &str) -> SecretView {
         SecretView::Owned {
-            current: Some(Credentials {
-                api_key: api_key.into(),
-                api_secret: SecretString::from("s"),
-            }),
+            current: Some(creds(api_key)),
             pending: None,
+        }
+    }
+
+    fn creds(api_key: &str) -> Credentials {
+        Credentials {
+            api_key: api_key.into(),
+            api_secret: SecretString::from("s"),
         }
     }
 
@@ -330,87 +623,430 @@ mod tests {
         }
     }
 
-    fn attempt(name: Option<&str>, started_at: &str) -> PendingCreate {
-        PendingCreate {
+    fn record(id: &str, api_key: &str, verification: Verification) -> KeyRecord {
+        KeyRecord {
+            key_id: id.into(),
+            api_key: api_key.into(),
+            verification,
+        }
+    }
+
+    fn awaiting(code_id: Option<&str>) -> Verification {
+        Verification::Awaiting {
+            code_id: code_id.map(Into::into),
+        }
+    }
+
+    fn attempt(name: Option<&str>, started_at: &str) -> Intent {
+        Intent {
             attempt: 1,
             remote_name: name.map(Into::into),
-            started_at: started_at.into(),
-            purpose: "Initial".into(),
+            started_at: DateTime::parse_from_rfc3339(started_at)
+                .expect("time")
+                .with_timezone(&Utc),
+            purpose: CreatePurpose::Initial,
+        }
+    }
+
+    fn active(replacement: Option<Replacement>) -> KeyState {
+        KeyState::Active {
+            key: record("1", "old", Verification::Verified),
+            replacement,
+        }
+    }
+
+    fn replacement(stage: ReplacementStage) -> Replacement {
+        Replacement {
+            key: record("2", "new", awaiting(Some("c"))),
+            stage,
         }
     }
 
     #[test]
     fn foreign_secret_stops_everything() {
-        let status = ApiKeyPairStatus::default();
-        assert_eq!(
-            next_step(&status, &SecretView::Foreign),
-            Step::SecretConflict
-        );
+        for state in [KeyState::Empty, active(None)] {
+            assert_eq!(
+                next_step(&state, &SecretView::Foreign),
+                Step::SecretConflict
+            );
+        }
     }
 
     #[test]
-    fn pending_create_is_recovered_before_anything_else() {
-        let status = ApiKeyPairStatus {
-            api_key: Some("k".into()),
-            pending_create: Some(attempt(Some("n"), "2026-01-01T00:00:00Z")),
-            ..Default::default()
+    fn an_attempt_is_recovered_before_anything_else() {
+        let state = KeyState::Creating {
+            intent: attempt(Some("n"), "2026-01-01T00:00:00Z"),
+            previous: None,
         };
         assert!(matches!(
-            next_step(&status, &owned("k")),
-            Step::RecoverCreate(_)
+            next_step(&state, &owned("k")),
+            Step::Recover { .. }
         ));
-    }
-
-    #[test]
-    fn no_key_means_initial_create() {
-        let status = ApiKeyPairStatus::default();
         assert_eq!(
-            next_step(&status, &SecretView::Missing),
-            Step::Create(Purpose::Initial)
+            next_step(&KeyState::Empty, &SecretView::Missing),
+            Step::Create
         );
     }
 
     #[test]
-    fn secret_holding_the_pending_key_finishes_the_promotion() {
-        let status = ApiKeyPairStatus {
-            api_key: Some("old".into()),
-            pending_key: Some(crate::crd::PendingKey {
-                key_id: "2".into(),
-                api_key: Some("new".into()),
-                key_name: None,
-                expire_at: None,
-                verification_code_id: None,
-                waiting_for: "verification".into(),
-            }),
-            ..Default::default()
-        };
-        assert_eq!(next_step(&status, &owned("new")), Step::FinishPromotion);
-        assert_eq!(next_step(&status, &owned("old")), Step::Steady);
+    fn promotion_finishes_when_the_secret_serves_the_replacement_or_the_stage_says_so() {
+        let waiting = active(Some(replacement(ReplacementStage::VerificationCode)));
+        assert!(matches!(
+            next_step(&waiting, &owned("new")),
+            Step::FinishPromotion { .. }
+        ));
+        assert!(matches!(
+            next_step(&waiting, &owned("old")),
+            Step::Steady { .. }
+        ));
+        let promoting = active(Some(replacement(ReplacementStage::Promotion)));
+        assert!(matches!(
+            next_step(&promoting, &owned("old")),
+            Step::FinishPromotion { .. }
+        ));
     }
 
     #[test]
     fn secret_repair_depends_on_whether_the_provider_can_give_the_secret_again() {
         use ProviderKind::*;
+        let k = record("1", "k", Verification::Verified);
         assert_eq!(
-            secret_repair(Threatwinds, "k", &owned("k")),
+            secret_repair(Threatwinds, &k, None, &owned("k")),
             SecretRepair::Intact
         );
         assert_eq!(
-            secret_repair(Threatwinds, "k", &SecretView::Missing),
+            secret_repair(Threatwinds, &k, None, &SecretView::Missing),
             SecretRepair::Lost
         );
         assert_eq!(
-            secret_repair(Threatwinds, "k", &owned("edited")),
+            secret_repair(Threatwinds, &k, None, &owned("edited")),
             SecretRepair::RestoreApiKey
         );
         assert_eq!(
-            secret_repair(Datonis, "k", &SecretView::Missing),
+            secret_repair(Datonis, &k, None, &SecretView::Missing),
             SecretRepair::RestoreFromProvider
         );
         assert_eq!(
-            secret_repair(Datonis, "k", &owned("edited")),
+            secret_repair(Datonis, &k, None, &owned("edited")),
             SecretRepair::RestoreFromProvider
         );
+    }
+
+    /// Fault 7: a lost Secret during a replacement is a lost key *and* a lost
+    /// replacement; a lost pending slot alone abandons the replacement.
+    #[test]
+    fn a_replacement_whose_pending_slot_is_gone_is_abandoned() {
+        use ProviderKind::Threatwinds;
+        let k = record("1", "old", Verification::Verified);
+        let r = replacement(ReplacementStage::VerificationCode);
+        assert_eq!(
+            secret_repair(Threatwinds, &k, Some(&r), &owned("old")),
+            SecretRepair::ReplacementLost
+        );
+        let both = SecretView::Owned {
+            current: Some(creds("old")),
+            pending: Some(creds("new")),
+        };
+        assert_eq!(
+            secret_repair(Threatwinds, &k, Some(&r), &both),
+            SecretRepair::Intact
+        );
+        assert_eq!(
+            secret_repair(Threatwinds, &k, Some(&r), &SecretView::Missing),
+            SecretRepair::Lost
+        );
+    }
+
+    /// Fault 1: unverified ThreatWinds keys are never checked with their own credentials.
+    #[test]
+    fn unverified_keys_are_observed_through_the_session_list() {
+        use ProviderKind::*;
+        assert_eq!(
+            lookup_for(Threatwinds, &record("1", "k", awaiting(None))),
+            Lookup::InSessionList
+        );
+        assert_eq!(
+            lookup_for(Threatwinds, &record("1", "k", Verification::Verified)),
+            Lookup::WithOwnCredentials
+        );
+        assert_eq!(
+            lookup_for(Datonis, &record("1", "k", Verification::NotRequired)),
+            Lookup::ById
+        );
+    }
+
+    /// Fault 1: neither a 401 nor a 404 to the key's own credentials deletes anything on its
+    /// own; the session's list decides.
+    #[test]
+    fn the_observation_outcome_table() {
+        let not_found = || ProviderError::NotFound {
+            message: "x".into(),
+            error_id: None,
+        };
+        let unauthorized = || ProviderError::Unauthorized {
+            message: "x".into(),
+            error_id: None,
+        };
+        let server = || ProviderError::Server {
+            status: 500,
+            message: "x".into(),
+            error_id: None,
+            retry_after: None,
+        };
+        use Lookup::*;
+        assert!(matches!(
+            observation(WithOwnCredentials, Ok(key("1", "k"))),
+            Observation::Found(_)
+        ));
+        assert!(matches!(
+            observation(WithOwnCredentials, Err(not_found())),
+            Observation::Confirm(_)
+        ));
+        assert!(matches!(
+            observation(WithOwnCredentials, Err(unauthorized())),
+            Observation::Confirm(_)
+        ));
+        assert!(matches!(
+            observation(InSessionList, Err(not_found())),
+            Observation::Missing
+        ));
+        assert!(matches!(
+            observation(ById, Err(not_found())),
+            Observation::Missing
+        ));
+        assert!(matches!(
+            observation(InSessionList, Err(unauthorized())),
+            Observation::Failed(_)
+        ));
+        assert!(matches!(
+            observation(ById, Err(server())),
+            Observation::Failed(_)
+        ));
+        let mut unverified = key("1", "k");
+        unverified.verified = Some(false);
+        let mut verified = key("2", "k2");
+        verified.verified = Some(true);
+        let listed = [unverified, verified];
+        let refused = unauthorized();
+        assert!(matches!(
+            confirmation("1", &listed, &refused),
+            Confirmation::Unverified(_)
+        ));
+        assert!(matches!(
+            confirmation("2", &listed, &refused),
+            Confirmation::SecretMismatch
+        ));
+        assert!(matches!(
+            confirmation("2", &listed, &not_found()),
+            Confirmation::Inconclusive
+        ));
+        assert!(matches!(
+            confirmation("3", &listed, &refused),
+            Confirmation::Missing
+        ));
+    }
+
+    /// Fault 2: only a definite refusal clears a create intent.
+    #[test]
+    fn which_create_errors_clear_the_intent() {
+        let refused = ProviderError::BadRequest {
+            message: "x".into(),
+            error_id: None,
+        };
+        let cut_off = ProviderError::UnexpectedResponse {
+            status: 200,
+            message: "x".into(),
+            excerpt: String::new(),
+        };
+        let broken = ProviderError::Transport {
+            message: "x".into(),
+        };
+        assert!(create_error_clears_intent(&refused));
+        assert!(!create_error_clears_intent(&broken));
+        assert!(
+            !create_error_clears_intent(&cut_off),
+            "a 2xx that cannot be read may have committed"
+        );
+    }
+
+    /// Fault 9: a key adopted without its code id gets a new code, without being asked.
+    #[test]
+    fn the_verification_protocol() {
+        use VerificationStep::*;
+        assert_eq!(
+            verification_start(Some("c"), Some("1"), None, true),
+            Err(RequestNewCode { requested: true })
+        );
+        assert_eq!(
+            verification_start(Some("c"), Some("1"), Some("1"), true),
+            Ok("c".into())
+        );
+        assert_eq!(
+            verification_start(None, None, None, true),
+            Err(RequestNewCode { requested: false })
+        );
+        assert_eq!(
+            verification_start(Some("c"), None, None, false),
+            Err(NoCodeSource)
+        );
+        assert_eq!(verification_submit("c".into(), None, None), CodeMissing);
+        assert_eq!(verification_submit("c".into(), Some(""), None), CodeMissing);
+        let fingerprint = code_fingerprint("c", "123456");
+        assert_eq!(
+            verification_submit("c".into(), Some("123456"), Some(&fingerprint)),
+            AlreadyRejected
+        );
+        assert_eq!(
+            verification_submit("c".into(), Some("123456"), None),
+            Submit {
+                code_id: "c".into(),
+                fingerprint
+            }
+        );
+    }
+
+    /// Fault 5: only a rejection confirmed against a live session counts against a code.
+    #[test]
+    fn the_verify_outcome_table() {
+        let rejected = ProviderError::CodeRejected {
+            message: "x".into(),
+            error_id: None,
+        };
+        let session = ProviderError::Unauthorized {
+            message: "x".into(),
+            error_id: None,
+        };
+        let gone = ProviderError::NotFound {
+            message: "x".into(),
+            error_id: None,
+        };
+        assert!(matches!(verify_outcome(Ok(())), VerifyOutcome::Verified));
+        assert!(matches!(
+            verify_outcome(Err(rejected)),
+            VerifyOutcome::Rejected(_)
+        ));
+        assert!(matches!(
+            verify_outcome(Err(session)),
+            VerifyOutcome::NotDelivered(_)
+        ));
+        assert!(matches!(
+            verify_outcome(Err(gone)),
+            VerifyOutcome::NotDelivered(_)
+        ));
+    }
+
+    /// Fault 10: both ways of orphaning release the Secret.
+    #[test]
+    fn the_deletion_policy() {
+        assert_eq!(
+            deletion(DeletionPolicy::Delete, false),
+            Deletion::DeleteRemote
+        );
+        assert_eq!(
+            deletion(DeletionPolicy::Orphan, false),
+            Deletion::Orphan { forced: false }
+        );
+        assert_eq!(
+            deletion(DeletionPolicy::Delete, true),
+            Deletion::Orphan { forced: true }
+        );
+    }
+
+    #[test]
+    fn the_ready_and_verified_condition_table() {
+        fn facts<'a>(key: &'a KeyRecord, replacement: Option<&'a Replacement>) -> SteadyFacts<'a> {
+            SteadyFacts {
+                kind: ProviderKind::Threatwinds,
+                key,
+                replacement,
+                expired: false,
+                disabled: false,
+                waiting: None,
+                secret_name: "s",
+                expire_at: None,
+            }
+        }
+        let verified = record("1", "k", Verification::Verified);
+        let (ready, v) = steady_conditions(&facts(&verified, None));
+        assert_eq!((ready.0, ready.1), (status::TRUE, reason::READY));
+        assert_eq!(v.map(|v| v.1), Some(reason::VERIFIED));
+        let r = replacement(ReplacementStage::VerificationCode);
+        let (ready, _) = steady_conditions(&facts(&verified, Some(&r)));
+        assert_eq!(
+            (ready.0, ready.1),
+            (status::TRUE, reason::REPLACEMENT_PENDING)
+        );
+        let waiting = record("1", "k", awaiting(Some("c")));
+        let mut f = facts(&waiting, None);
+        f.waiting = Some(reason::VERIFICATION_CODE_REJECTED);
+        let (ready, v) = steady_conditions(&f);
+        assert_eq!(
+            (ready.0, ready.1),
+            (status::FALSE, reason::VERIFICATION_CODE_REJECTED)
+        );
+        assert_eq!(v.map(|v| v.1), Some(reason::VERIFICATION_CODE_REJECTED));
+        let mut f = facts(&verified, None);
+        f.expired = true;
+        f.disabled = true;
+        assert_eq!(steady_conditions(&f).0.1, reason::EXPIRED);
+        f.expired = false;
+        assert_eq!(steady_conditions(&f).0.1, reason::DISABLED);
+        let datonis_key = record("1", "k", Verification::NotRequired);
+        let mut f = facts(&datonis_key, None);
+        f.kind = ProviderKind::Datonis;
+        assert!(
+            steady_conditions(&f).1.is_none(),
+            "Datonis has no Verified condition"
+        );
+    }
+
+    /// Fault 12: an edit of providerRef while a key exists is refused and the recorded
+    /// provider stays in use.
+    #[test]
+    fn a_provider_ref_edit_is_refused_while_a_key_exists() {
+        use crate::crd::{ApiKeyPairSpec, ProviderRefKind};
+        let old = ProviderRef {
+            kind: ProviderRefKind::KeyPairProvider,
+            name: "old".into(),
+        };
+        let spec: ApiKeyPairSpec =
+            serde_json::from_value(serde_json::json!({"providerRef": {"name": "new"}}))
+                .expect("spec");
+        let mut akp = ApiKeyPair::new("web", spec);
+        let mut status = ApiKeyPairStatus {
+            provider_ref: Some(old.clone()),
+            ..Default::default()
+        };
+        akp.status = Some(status.clone());
+        assert!(
+            refused_edit(&akp, &status).is_none(),
+            "no key yet: the edit applies"
+        );
+        assert_eq!(provider_ref_in_use(&akp).name, "new");
+        status.key_id = Some("k".into());
+        akp.status = Some(status.clone());
+        assert!(refused_edit(&akp, &status).is_some_and(|m| m.contains("providerRef")));
+        assert_eq!(provider_ref_in_use(&akp), &old);
+    }
+
+    /// Fault 13: an update the provider refused is not sent again for the same generation.
+    #[test]
+    fn a_refused_update_is_not_resent_until_the_spec_changes() {
+        let spec = serde_json::json!({"providerRef": {"name": "d"}, "datonis": {"roleKey": "r2"}});
+        let mut akp = ApiKeyPair::new("web", serde_json::from_value(spec).expect("spec"));
+        akp.metadata.generation = Some(3);
+        let mut remote = key("1", "k");
+        remote.role_key = Some("r1".into());
+        remote.enabled = Some(true);
+        let mut status = ApiKeyPairStatus {
+            validity_days: Some(365),
+            ..Default::default()
+        };
+        assert!(datonis_update(&akp, &remote, &status).is_some());
+        status.update_refused_generation = Some(3);
+        assert!(datonis_update(&akp, &remote, &status).is_none());
+        akp.metadata.generation = Some(4);
+        assert!(datonis_update(&akp, &remote, &status).is_some());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use tracing::warn;
 use super::{Error, Settings};
 use crate::conditions::{self, READY, reason, status};
 use crate::crd::{
-    ApiKeyPair, ClusterKeyPairProvider, KeyPairProvider, ProviderConnection, ProviderRefKind,
-    ProviderStatus, RateLimit,
+    ApiKeyPair, ClusterKeyPairProvider, KeyPairProvider, ProviderConnection, ProviderRef,
+    ProviderRefKind, ProviderStatus, RateLimit,
 };
 use crate::provider::{
     CreateKeyPair, CreatedKeyPair, CredentialStatus, DatonisClient, DatonisCredentials,
@@ -156,6 +156,17 @@ impl ProviderHandle {
 }
 
 #[async_trait::async_trait]
+impl super::lifecycle::Provider for ProviderHandle {
+    fn description(&self) -> &str {
+        &self.description
+    }
+
+    async fn serialize_creates(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        ProviderHandle::serialize_creates(self).await
+    }
+}
+
+#[async_trait::async_trait]
 impl KeyPairApi for ProviderHandle {
     fn kind(&self) -> ProviderKind {
         self.backend.api().kind()
@@ -255,9 +266,13 @@ impl Registry {
         }
     }
 
-    /// Resolves the provider an `ApiKeyPair` refers to, enforcing who may use it.
-    pub async fn for_key_pair(&self, akp: &ApiKeyPair) -> Result<ProviderHandle, Error> {
-        let reference = &akp.spec.provider_ref;
+    /// Resolves the provider `reference` (from an `ApiKeyPair`'s spec or status) names,
+    /// enforcing who may use it.
+    pub async fn resolve(
+        &self,
+        akp: &ApiKeyPair,
+        reference: &ProviderRef,
+    ) -> Result<ProviderHandle, Error> {
         let namespace = akp.namespace().unwrap_or_default();
         match reference.kind {
             ProviderRefKind::KeyPairProvider => {

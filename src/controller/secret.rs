@@ -94,7 +94,8 @@ pub fn secret_name(akp: &ApiKeyPair) -> String {
         .unwrap_or_else(|| akp.name_any())
 }
 
-fn data_keys(akp: &ApiKeyPair) -> SecretDataKeys {
+/// The data key names the spec asks for.
+pub fn data_keys(akp: &ApiKeyPair) -> SecretDataKeys {
     akp.spec
         .secret_template
         .as_ref()
@@ -144,6 +145,15 @@ pub fn desired_secret(akp: &ApiKeyPair, contents: &SecretContents) -> Secret {
 
 /// Reads an existing Secret (or its absence) against an `ApiKeyPair`.
 pub fn view_secret(akp: &ApiKeyPair, secret: Option<&Secret>) -> SecretView {
+    view_secret_as(akp, secret, &data_keys(akp))
+}
+
+/// Reads an existing Secret with the credentials under `keys` (a layout recorded earlier).
+pub fn view_secret_as(
+    akp: &ApiKeyPair,
+    secret: Option<&Secret>,
+    keys: &SecretDataKeys,
+) -> SecretView {
     let Some(secret) = secret else {
         return SecretView::Missing;
     };
@@ -156,7 +166,6 @@ pub fn view_secret(akp: &ApiKeyPair, secret: Option<&Secret>) -> SecretView {
     if !owned {
         return SecretView::Foreign;
     }
-    let keys = data_keys(akp);
     let empty = BTreeMap::new();
     let data = secret.data.as_ref().unwrap_or(&empty);
     let read = |key: &str, secret_key: &str| -> Option<Credentials> {

@@ -261,6 +261,23 @@ pub struct ApiKeyPairStatus {
     /// Last value of the `keypairs.dev/request-new-code` annotation that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_code_request: Option<String>,
+
+    /// The provider the key pair lives at (recorded with the key): the remote key is
+    /// deleted there even if `spec.providerRef` is edited, and such an edit is refused
+    /// while a key exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_ref: Option<ProviderRef>,
+
+    /// Data key names the Secret holds the credentials under (recorded with the key), so
+    /// an edit of `secretTemplate.keys` or `secretName` moves the credentials instead of
+    /// taking them for lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_keys: Option<SecretDataKeys>,
+
+    /// The `metadata.generation` whose update the provider refused; the update is not
+    /// sent again until the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_refused_generation: Option<i64>,
 }
 
 /// A create attempt whose outcome is not yet recorded.
@@ -274,8 +291,34 @@ pub struct PendingCreate {
     pub remote_name: Option<String>,
     /// When the attempt was recorded (RFC 3339): keys created before it are not its own.
     pub started_at: String,
-    /// Why the key is being created (`Initial`, `Replace`, `SecretLost`, `RemoteKeyMissing`).
-    pub purpose: String,
+    /// Why the key is being created.
+    pub purpose: CreatePurpose,
+}
+
+/// Why a key pair is being created.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CreatePurpose {
+    /// The resource has no key yet.
+    Initial,
+    /// The spec asks for a key the provider cannot update in place (ThreatWinds): the new
+    /// key waits in the Secret's pending slot while the current one keeps serving.
+    Replace,
+    /// The API secret is gone for good (ThreatWinds shows it once): the old key is deleted
+    /// and a new one takes its place.
+    SecretLost,
+    /// The key was deleted at the provider by someone else.
+    RemoteKeyMissing,
+}
+
+/// What a replacement key pair waits for before it serves.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ReplacementStage {
+    /// Its emailed verification code.
+    #[serde(alias = "verification code")]
+    VerificationCode,
+    /// It is verified and already in the Secret: the old key is being retired.
+    #[serde(alias = "promotion")]
+    Promotion,
 }
 
 /// A created replacement key pair that is not serving yet.
@@ -302,5 +345,5 @@ pub struct PendingKey {
     )]
     pub verification_code_id: Option<String>,
     /// What the pending key waits for before it replaces the current one.
-    pub waiting_for: String,
+    pub waiting_for: ReplacementStage,
 }

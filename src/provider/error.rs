@@ -86,6 +86,15 @@ pub enum ProviderError {
         /// At most 200 characters of the body, with secret-looking values masked.
         excerpt: String,
     },
+    /// The provider rejected a verification code while the session was alive: the code is
+    /// wrong. Not retryable with the same code.
+    #[error("{message}{}", ErrorId(error_id))]
+    CodeRejected {
+        /// What the provider said, prefixed with provider and operation.
+        message: String,
+        /// The provider's error id, if any.
+        error_id: Option<String>,
+    },
     /// The provider has no such operation (e.g. ThreatWinds update, Datonis verify).
     #[error("{operation}: not supported by this provider")]
     Unsupported {
@@ -104,6 +113,18 @@ impl ProviderError {
                 | ProviderError::Transport { .. }
                 | ProviderError::RateLimited { .. }
                 | ProviderError::Forbidden { .. }
+        )
+    }
+
+    /// A 403 without `Retry-After`: the current ThreatWinds page says 403 means the user
+    /// lacks permission (with `Retry-After` it is throttling).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Forbidden {
+                retry_after: None,
+                ..
+            }
         )
     }
 
@@ -129,6 +150,7 @@ impl ProviderError {
             ProviderError::Transport { .. } => "transport_error",
             ProviderError::UnexpectedResponse { .. } => "unexpected_response",
             ProviderError::Unsupported { .. } => "unsupported",
+            ProviderError::CodeRejected { .. } => "code_rejected",
         }
     }
 
@@ -139,6 +161,7 @@ impl ProviderError {
             | ProviderError::Unauthorized { error_id, .. }
             | ProviderError::Forbidden { error_id, .. }
             | ProviderError::BadRequest { error_id, .. }
+            | ProviderError::CodeRejected { error_id, .. }
             | ProviderError::Server { error_id, .. } => error_id.as_deref(),
             _ => None,
         }
@@ -148,10 +171,12 @@ impl ProviderError {
     /// request may have reached it before a transport failure or a 5xx. After a failed
     /// create with this set, look the key pair up (list) before creating another.
     pub fn may_have_committed(&self) -> bool {
-        matches!(
-            self,
-            ProviderError::Server { .. } | ProviderError::Transport { .. }
-        )
+        match self {
+            ProviderError::Server { .. } | ProviderError::Transport { .. } => true,
+            // A success the client cannot read (cut off, wrong shape, missing fields).
+            ProviderError::UnexpectedResponse { status, .. } => (200..300).contains(status),
+            _ => false,
+        }
     }
 }
 
@@ -243,7 +268,7 @@ mod tests {
                 error_id: None,
             },
             ProviderError::UnexpectedResponse {
-                status: 200,
+                status: 302,
                 message: "x".into(),
                 excerpt: String::new(),
             },

@@ -1,0 +1,1297 @@
+//! The `ApiKeyPair` lifecycle as I/O in a safe order: it parses the [`KeyState`], asks
+//! [`super::plan`] what to do, and executes that against two ports, [`Cluster`] (status,
+//! Secrets, events) and [`Provider`] (the remote key-pair API). The ports keep this module
+//! free of kube-rs and HTTP details, so the model-based test drives the very same code
+//! against an in-memory cluster and provider, crashing it at every step.
+//!
+//! # Crash-safe create
+//!
+//! A provider shows a new API secret once, so a crash or a lost response between the
+//! remote create and the Secret write must not orphan a key, lose a secret, or duplicate
+//! one. The protocol:
+//!
+//! 1. **Intent.** Before the remote call, `status.createAttempts` is incremented and
+//!    `status.pendingCreate` records the attempt (number, deterministic remote name, start
+//!    time, purpose). The write carries the object's `resourceVersion`, so a reconcile
+//!    working from a stale object is refused (409) and never reaches step 2.
+//! 2. **Create** the remote key. Only a definite refusal clears the intent; anything that
+//!    may have committed (5xx, timeout, a 2xx that cannot be decoded) leaves it.
+//! 3. **Secret** first: the credentials are applied to the Secret...
+//! 4. **...then status**: the key is recorded and the intent cleared.
+//!
+//! Recovery finds an attempt's keys by its deterministic name (ThreatWinds) or fingerprint
+//! (Datonis, creates serialized per provider), adopts the one the Secret holds, adopts a
+//! Datonis key with the secret Datonis still returns, or deletes keys whose secret never
+//! reached the Secret and tries again.
+//!
+//! # No remote delete on a stale view
+//!
+//! Every provider delete follows a *fence*: a status write carrying the `resourceVersion`
+//! this reconcile read, which fails if anyone changed the object since. What is deleted is
+//! then what the current status owns (or what a fresh provider list shows for an attempt).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OwnedMutexGuard;
+use tracing::{debug, info};
+
+use super::plan::{
+    self, Confirmation, Deletion, Lookup, Observation, Recovery, SecretRepair, SteadyFacts, Step,
+    VerificationStep, VerifyOutcome,
+};
+use super::secret::{self, Credentials, SecretContents, SecretView};
+use super::state::{Intent, KeyRecord, KeyState, Replacement};
+use super::{Error, REQUEST_NEW_CODE_ANNOTATION};
+use crate::conditions::{self, READY, VERIFIED, reason, status};
+use crate::crd::{
+    ApiKeyPair, ApiKeyPairStatus, CreatePurpose, PendingCreate, PendingKey, ReplacementStage,
+    SecretKeyRef,
+};
+use crate::provider::{
+    CreateKeyPair, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RemoteKeyPair,
+};
+
+/// Aborts the process at a named step boundary when the `failpoints` feature is on and
+/// `KPO_FAILPOINT` names that step: the crash-safety tests kill the operator exactly
+/// there. Compiled to nothing otherwise.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        {
+            if std::env::var("KPO_FAILPOINT").as_deref() == Ok($name) {
+                eprintln!("failpoint {} reached: aborting", $name);
+                std::process::abort();
+            }
+        }
+    };
+}
+pub(crate) use failpoint;
+
+/// How soon to look again after a structural change (verification, observation).
+const SOON: Duration = Duration::from_millis(500);
+
+/// What the lifecycle needs from Kubernetes for one `ApiKeyPair`.
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync {
+    /// Writes the status. With `fence`, the write succeeds only if the object is still at
+    /// the version this reconcile last read or wrote ([`Error::Stale`] otherwise), even
+    /// when nothing changed.
+    async fn write_status(&self, status: &ApiKeyPairStatus, fence: bool) -> Result<(), Error>;
+    /// The Secret called `name`; `fresh` reads the API server instead of the watch cache.
+    async fn read_secret(&self, name: &str, fresh: bool) -> Result<Option<Secret>, Error>;
+    /// Applies a desired Secret (skipped when it is already so).
+    async fn apply_secret(&self, secret: &Secret) -> Result<(), Error>;
+    /// Drops this resource's owner reference from the Secret, so garbage collection keeps it.
+    async fn release_secret(&self, name: &str) -> Result<(), Error>;
+    /// Key ids that other `ApiKeyPair`s (in every watched namespace) record, read fresh.
+    async fn keys_referenced_elsewhere(&self) -> Result<HashSet<String>, Error>;
+    /// The verification code in the referenced Secret key, trimmed, if any.
+    async fn read_code(&self, reference: &SecretKeyRef) -> Result<Option<SecretString>, Error>;
+    /// Publishes an event about the resource (failures are logged, never fatal).
+    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String);
+}
+
+/// What the lifecycle needs from a provider beyond [`KeyPairApi`].
+#[async_trait::async_trait]
+pub trait Provider: KeyPairApi {
+    /// `Kind namespace/name` of the provider resource, for messages.
+    fn description(&self) -> &str;
+    /// Serializes creates on providers whose keys are told apart by fingerprint only.
+    async fn serialize_creates(&self) -> Option<OwnedMutexGuard<()>>;
+}
+
+/// When checks are due and how often to look.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Now.
+    pub now: DateTime<Utc>,
+    /// Whether the periodic provider check is due for this key.
+    pub check_due: bool,
+    /// The periodic check interval.
+    pub check_interval: Duration,
+    /// How often a key waiting for its code looks for it.
+    pub verification_poll_interval: Duration,
+    /// A random number in `0..1` that spreads checks.
+    pub jitter: f64,
+}
+
+/// What a successful reconcile decided.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// When to reconcile again.
+    pub requeue: Duration,
+    /// Whether the key was observed at the provider (so the next check can wait).
+    pub checked: bool,
+    /// The status as written.
+    pub status: ApiKeyPairStatus,
+}
+
+/// One reconcile of one `ApiKeyPair`.
+pub struct Run<'a> {
+    akp: &'a ApiKeyPair,
+    cluster: &'a dyn Cluster,
+    provider: &'a dyn Provider,
+    kind: ProviderKind,
+    timing: Timing,
+    status: ApiKeyPairStatus,
+    written: ApiKeyPairStatus,
+    checked: bool,
+}
+
+impl<'a> Run<'a> {
+    /// A reconcile of `akp` against these ports.
+    pub fn new(
+        akp: &'a ApiKeyPair,
+        cluster: &'a dyn Cluster,
+        provider: &'a dyn Provider,
+        timing: Timing,
+    ) -> Self {
+        let status = akp.status.clone().unwrap_or_default();
+        Run {
+            akp,
+            cluster,
+            kind: provider.kind(),
+            provider,
+            timing,
+            written: status.clone(),
+            status,
+            checked: false,
+        }
+    }
+
+    fn generation(&self) -> Option<i64> {
+        self.akp.metadata.generation
+    }
+
+    fn set(&mut self, type_: &'static str, decided: plan::Decided) {
+        let (status, reason, message) = decided;
+        let desired = conditions::Desired {
+            type_,
+            status,
+            reason,
+            message,
+        };
+        let generation = self.generation();
+        conditions::set(&mut self.status.conditions, desired, generation);
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        self.cluster.event(type_, reason, action, note).await;
+    }
+
+    /// Writes the status when it changed; with `fence`, always, as a precondition.
+    async fn write(&mut self, fence: bool) -> Result<(), Error> {
+        if self.status == self.written && !fence {
+            return Ok(());
+        }
+        self.cluster.write_status(&self.status, fence).await?;
+        self.written = self.status.clone();
+        Ok(())
+    }
+
+    fn secret_name(&self) -> String {
+        secret::secret_name(self.akp)
+    }
+
+    async fn secret_view(&self, fresh: bool) -> Result<SecretView, Error> {
+        let found = self.cluster.read_secret(&self.secret_name(), fresh).await?;
+        Ok(secret::view_secret(self.akp, found.as_ref()))
+    }
+
+    async fn apply_secret(&self, contents: &SecretContents) -> Result<(), Error> {
+        let desired = secret::desired_secret(self.akp, contents);
+        self.cluster.apply_secret(&desired).await
+    }
+
+    async fn delete_remote(&self, key_id: &str) -> Result<(), Error> {
+        delete_remote(self.provider, key_id).await
+    }
+
+    fn outcome(&self, requeue: Duration) -> Outcome {
+        Outcome {
+            requeue,
+            checked: self.checked,
+            status: self.status.clone(),
+        }
+    }
+
+    // ---- apply ---------------------------------------------------------------------
+
+    /// Brings the remote key and the Secret to what the spec asks.
+    pub async fn apply(mut self) -> Result<Outcome, Error> {
+        match self.apply_steps().await {
+            Ok(requeue) => {
+                self.status.observed_generation = self.generation();
+                self.write(false).await?;
+                Ok(self.outcome(requeue))
+            }
+            Err(error) => {
+                let dirty = self.status != self.written;
+                report(
+                    self.akp,
+                    self.cluster,
+                    &mut self.status,
+                    dirty,
+                    &error,
+                    "Reconcile",
+                )
+                .await?;
+                Err(error)
+            }
+        }
+    }
+
+    async fn apply_steps(&mut self) -> Result<Duration, Error> {
+        if let Some(why) = plan::refused_edit(self.akp, &self.status) {
+            return Err(Error::InvalidSpec(why));
+        }
+        if self.kind == ProviderKind::Datonis && self.akp.spec.datonis.is_none() {
+            return Err(Error::InvalidSpec(format!(
+                "{} is a Datonis provider: spec.datonis.roleKey is required",
+                self.provider.description()
+            )));
+        }
+        let state = KeyState::parse(&self.status, self.kind)?;
+        self.move_secret_if_relocated(&state).await?;
+        let mut view = self.secret_view(false).await?;
+        if view == SecretView::Missing {
+            // The cache holds only Secrets with our label and may lag: confirm first.
+            view = self.secret_view(true).await?;
+        }
+        match plan::next_step(&state, &view) {
+            Step::SecretConflict => Err(Error::SecretConflict(format!(
+                "Secret {} exists and is not owned by this ApiKeyPair; choose another spec.secretName or delete that Secret",
+                self.secret_name()
+            ))),
+            Step::Create => self
+                .create(CreatePurpose::Initial, None)
+                .await
+                .map(|()| SOON),
+            Step::Recover { intent, previous } => {
+                self.recover(intent, previous).await.map(|()| SOON)
+            }
+            Step::FinishPromotion { old, new } => {
+                self.finish_promotion(old, new).await.map(|()| SOON)
+            }
+            Step::Steady { key, replacement } => self.steady(key, replacement, view).await,
+        }
+    }
+
+    /// `secretName` or `secretTemplate.keys` changed while a key exists: copy the
+    /// credentials to the new place instead of taking them for lost. The old Secret stays
+    /// (it is owned by this resource and goes with it).
+    async fn move_secret_if_relocated(&mut self, state: &KeyState) -> Result<(), Error> {
+        let keys = secret::data_keys(self.akp);
+        let name = self.secret_name();
+        let recorded_name = self.status.secret_name.clone().unwrap_or(name.clone());
+        let recorded_keys = self.status.secret_keys.clone().unwrap_or(keys.clone());
+        if state.serving().is_none() || (recorded_name == name && recorded_keys == keys) {
+            return Ok(());
+        }
+        let old = self.cluster.read_secret(&recorded_name, true).await?;
+        let old = secret::view_secret_as(self.akp, old.as_ref(), &recorded_keys);
+        if self.secret_view(true).await? == SecretView::Foreign {
+            return Err(Error::SecretConflict(format!(
+                "Secret {name} exists and is not owned by this ApiKeyPair; the credentials stay in Secret {recorded_name}"
+            )));
+        }
+        if let Some(current) = old.current().cloned() {
+            let pending = old.pending().cloned();
+            self.apply_secret(&SecretContents { current, pending })
+                .await?;
+            let note = format!("moved the credentials from Secret {recorded_name} to {name}");
+            self.event(EventType::Normal, "SecretMoved", "MoveSecret", note)
+                .await;
+        }
+        self.status.secret_name = Some(name);
+        self.status.secret_keys = Some(keys);
+        self.write(false).await
+    }
+
+    // ---- create and recovery -------------------------------------------------------
+
+    /// Records the intent of a create attempt (fenced), then creates, writes the Secret,
+    /// and records the key. `previous` is retired first when the purpose says so.
+    async fn create(
+        &mut self,
+        purpose: CreatePurpose,
+        previous: Option<&KeyRecord>,
+    ) -> Result<(), Error> {
+        let _serialized = self.provider.serialize_creates().await;
+        let staged = purpose == CreatePurpose::Replace;
+        // A staged replacement needs the current credentials to keep serving.
+        let serving = match staged {
+            true => Some(
+                self.secret_view(true)
+                    .await?
+                    .current()
+                    .cloned()
+                    .ok_or(Error::Stale)?,
+            ),
+            false => None,
+        };
+        let intent = self.record_intent(purpose);
+        self.write(true).await?;
+        failpoint!("intent-written");
+        if let Some(previous) = previous.filter(|_| retires_previous(purpose)) {
+            self.delete_remote(&previous.key_id).await?;
+            failpoint!("remote-deleted");
+        }
+        let request = CreateKeyPair {
+            name: intent
+                .remote_name
+                .clone()
+                .unwrap_or_else(|| plan::base_key_name(self.akp)),
+            validity_days: self.akp.spec.validity_days,
+            role_key: self.akp.spec.datonis.as_ref().map(|d| d.role_key.clone()),
+        };
+        let created = match self.provider.create(&request).await {
+            Ok(created) => created,
+            Err(e) => {
+                if plan::create_error_clears_intent(&e) {
+                    self.status.pending_create = None;
+                }
+                return Err(e.into());
+            }
+        };
+        failpoint!("remote-created");
+        let new = Credentials {
+            api_key: created.key.api_key.clone(),
+            api_secret: created.api_secret.clone(),
+        };
+        let contents = match serving {
+            Some(current) => SecretContents {
+                current,
+                pending: Some(new),
+            },
+            None => SecretContents {
+                current: new,
+                pending: None,
+            },
+        };
+        self.apply_secret(&contents).await?;
+        failpoint!("secret-written");
+        let code_id = created.verification_code_id.clone();
+        match staged {
+            true => self.record_replacement(&created.key, code_id),
+            false => self.record_key(&created.key, code_id),
+        }
+        self.status.pending_create = None;
+        self.write(false).await?;
+        failpoint!("status-written");
+        let name = created.key.name.as_deref().unwrap_or(&created.key.api_key);
+        let note = format!(
+            "created key pair {name} ({}) at {} ({purpose:?})",
+            created.key.key_id,
+            self.provider.description()
+        );
+        self.event(EventType::Normal, "Created", "CreateKeyPair", note)
+            .await;
+        Ok(())
+    }
+
+    fn record_intent(&mut self, purpose: CreatePurpose) -> Intent {
+        let attempt = self.status.create_attempts.unwrap_or(0).saturating_add(1);
+        let remote_name = (self.kind == ProviderKind::Threatwinds).then(|| {
+            let uid = self.akp.uid().unwrap_or_default();
+            plan::remote_name(&plan::base_key_name(self.akp), &uid, attempt)
+        });
+        let started_at = self.timing.now;
+        self.status.create_attempts = Some(attempt);
+        self.status.pending_create = Some(PendingCreate {
+            attempt,
+            remote_name: remote_name.clone(),
+            started_at: rfc3339(started_at),
+            purpose,
+        });
+        self.status.provider_ref = Some(self.akp.spec.provider_ref.clone());
+        if purpose != CreatePurpose::Replace {
+            let message = format!("creating the key pair (attempt {attempt})");
+            let why = match purpose {
+                CreatePurpose::SecretLost => reason::SECRET_LOST,
+                CreatePurpose::RemoteKeyMissing => reason::REMOTE_KEY_MISSING,
+                _ => reason::PROGRESSING,
+            };
+            self.set(READY, (status::FALSE, why, message));
+        }
+        Intent {
+            attempt,
+            remote_name,
+            started_at,
+            purpose,
+        }
+    }
+
+    fn record_key(&mut self, key: &RemoteKeyPair, verification_code_id: Option<String>) {
+        let s = &mut self.status;
+        s.key_id = Some(key.key_id.clone());
+        s.api_key = Some(key.api_key.clone());
+        s.key_name = key.name.clone();
+        s.expire_at = key.expire_at.map(rfc3339);
+        s.verified = key.verified;
+        s.enabled = key.enabled;
+        s.role_key = key.role_key.clone();
+        s.validity_days = Some(self.akp.spec.validity_days);
+        s.secret_name = Some(secret::secret_name(self.akp));
+        s.secret_keys = Some(secret::data_keys(self.akp));
+        s.provider_ref = Some(self.akp.spec.provider_ref.clone());
+        // A new key's code id, or none: an older key's id must never be submitted for it.
+        s.verification_code_id = verification_code_id;
+        s.submitted_code_hash = None;
+        s.update_refused_generation = None;
+    }
+
+    fn record_replacement(&mut self, key: &RemoteKeyPair, verification_code_id: Option<String>) {
+        self.status.pending_key = Some(PendingKey {
+            key_id: key.key_id.clone(),
+            api_key: Some(key.api_key.clone()),
+            key_name: key.name.clone(),
+            expire_at: key.expire_at.map(rfc3339),
+            verification_code_id,
+            waiting_for: ReplacementStage::VerificationCode,
+        });
+        self.status.submitted_code_hash = None;
+    }
+
+    /// The remote keys an interrupted attempt may have created (a fresh list).
+    async fn attempt_candidates(&self, intent: &Intent) -> Result<Vec<RemoteKeyPair>, Error> {
+        let remote = self.provider.list().await?;
+        let referenced = self.cluster.keys_referenced_elsewhere().await?;
+        let today = intent.started_at.date_naive();
+        let expiry = plan::datonis_expiry(today, self.akp.spec.validity_days);
+        let role = self.akp.spec.datonis.as_ref().map(|d| d.role_key.as_str());
+        let is_referenced = |id: &str| referenced.contains(id);
+        let found = plan::attempt_candidates(
+            self.kind,
+            intent,
+            role,
+            Some(expiry),
+            &remote,
+            &is_referenced,
+        );
+        Ok(found.into_iter().cloned().collect())
+    }
+
+    async fn recover(&mut self, intent: Intent, previous: Option<KeyRecord>) -> Result<(), Error> {
+        let _serialized = self.provider.serialize_creates().await;
+        self.write(true).await?;
+        if let Some(previous) = previous.filter(|_| retires_previous(intent.purpose)) {
+            self.delete_remote(&previous.key_id).await?;
+        }
+        let candidates = self.attempt_candidates(&intent).await?;
+        let view = self.secret_view(true).await?;
+        let slot = match intent.staged() {
+            true => view.pending(),
+            false => view.current(),
+        };
+        let refs: Vec<&RemoteKeyPair> = candidates.iter().collect();
+        let decision = plan::recover(self.kind, &refs, slot.map(|c| c.api_key.as_str()));
+        info!(
+            attempt = intent.attempt,
+            ?decision,
+            "recovering an interrupted create"
+        );
+        match decision {
+            Recovery::Adopt(key) => {
+                // Keys of this attempt other than the adopted one never reached the Secret.
+                if self.kind == ProviderKind::Threatwinds {
+                    for extra in candidates.iter().filter(|k| k.key_id != key.key_id) {
+                        self.delete_remote(&extra.key_id).await?;
+                    }
+                }
+                self.adopt(&key, intent.staged());
+            }
+            Recovery::AdoptWithProviderSecret(key) => {
+                self.adopt_with_provider_secret(&key).await?;
+            }
+            Recovery::DeleteAndRetry(ids) => {
+                for id in &ids {
+                    self.delete_remote(id).await?;
+                }
+                failpoint!("remote-deleted");
+                let note = format!(
+                    "deleted {} key pair(s) of interrupted attempt {} whose secret never reached the Secret; creating anew",
+                    ids.len(),
+                    intent.attempt
+                );
+                self.event(
+                    EventType::Warning,
+                    "CreateInterrupted",
+                    "RecoverCreate",
+                    note,
+                )
+                .await;
+                self.status.pending_create = None;
+            }
+            Recovery::Retry => self.status.pending_create = None,
+        }
+        self.write(true).await
+    }
+
+    /// Adopts an attempt's key whose credentials reached the Secret. Its code id was in
+    /// the lost status write: the verification protocol asks for a new code.
+    fn adopt(&mut self, key: &RemoteKeyPair, staged: bool) {
+        match staged {
+            true => self.record_replacement(key, None),
+            false => self.record_key(key, None),
+        }
+        self.status.pending_create = None;
+    }
+
+    async fn adopt_with_provider_secret(&mut self, key: &RemoteKeyPair) -> Result<(), Error> {
+        let Some(api_secret) = key.api_secret.clone() else {
+            return Err(Error::CreateAmbiguous(format!(
+                "key pair {} of an interrupted create has no readable secret; delete it at the provider or set the {} annotation",
+                key.key_id,
+                super::FORCE_ORPHAN_ANNOTATION
+            )));
+        };
+        let current = Credentials {
+            api_key: key.api_key.clone(),
+            api_secret,
+        };
+        let contents = SecretContents {
+            current,
+            pending: None,
+        };
+        self.apply_secret(&contents).await?;
+        self.adopt(key, false);
+        Ok(())
+    }
+
+    /// The Secret serves the verified replacement: retire the old key, record the new.
+    async fn finish_promotion(&mut self, old: KeyRecord, new: KeyRecord) -> Result<(), Error> {
+        let Some(pending) = self.status.pending_key.clone() else {
+            return Ok(());
+        };
+        let view = self.secret_view(true).await?;
+        let swapped = view.current().map(|c| c.api_key.as_str()) == Some(new.api_key.as_str());
+        if !swapped && pending.waiting_for != ReplacementStage::Promotion {
+            // The cache lagged: the replacement is not in the Secret yet.
+            return Ok(());
+        }
+        self.write(true).await?;
+        self.delete_remote(&old.key_id).await?;
+        failpoint!("remote-deleted");
+        let s = &mut self.status;
+        s.key_id = Some(pending.key_id.clone());
+        s.api_key = pending.api_key.clone();
+        s.key_name = pending.key_name.clone();
+        s.expire_at = pending.expire_at.clone();
+        s.verified = Some(true);
+        s.verification_code_id = pending.verification_code_id.clone();
+        s.validity_days = Some(self.akp.spec.validity_days);
+        s.pending_key = None;
+        s.submitted_code_hash = None;
+        self.set_steady_conditions(None);
+        self.write(false).await?;
+        let note = format!(
+            "key pair {} now serves; the previous key pair {} was deleted",
+            new.key_id, old.key_id
+        );
+        self.event(EventType::Normal, "Replaced", "ReplaceKeyPair", note)
+            .await;
+        Ok(())
+    }
+
+    /// Deletes a waiting replacement (fenced) and forgets it.
+    async fn abandon_replacement(&mut self, replacement: &Replacement) -> Result<(), Error> {
+        self.write(true).await?;
+        self.delete_remote(&replacement.key.key_id).await?;
+        self.status.pending_key = None;
+        self.write(false).await?;
+        let note = format!(
+            "deleted replacement key pair {}: its credentials are no longer in the Secret",
+            replacement.key.key_id
+        );
+        self.event(
+            EventType::Warning,
+            "ReplacementAbandoned",
+            "ReplaceKeyPair",
+            note,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The serving key cannot be used any more (`SecretLost`) or is gone
+    /// (`RemoteKeyMissing`): drop a waiting replacement, retire the key, create anew.
+    async fn start_over(
+        &mut self,
+        purpose: CreatePurpose,
+        key: &KeyRecord,
+        replacement: Option<&Replacement>,
+        why: &str,
+    ) -> Result<Duration, Error> {
+        let reason_ = match purpose {
+            CreatePurpose::SecretLost => reason::SECRET_LOST,
+            _ => reason::REMOTE_KEY_MISSING,
+        };
+        let note = format!("{why}; replacing key pair {}", key.key_id);
+        self.event(EventType::Warning, reason_, "ReplaceKeyPair", note)
+            .await;
+        if let Some(replacement) = replacement {
+            self.abandon_replacement(replacement).await?;
+        }
+        self.create(purpose, Some(key)).await?;
+        Ok(SOON)
+    }
+
+    // ---- steady state ----------------------------------------------------------------
+
+    async fn steady(
+        &mut self,
+        key: KeyRecord,
+        replacement: Option<Replacement>,
+        view: SecretView,
+    ) -> Result<Duration, Error> {
+        if self.status.update_refused_generation.is_some()
+            && self.status.update_refused_generation != self.generation()
+        {
+            self.status.update_refused_generation = None;
+        }
+        let view = match self.repair_secret(&key, replacement.as_ref(), view).await? {
+            Repaired::Continue(view) => view,
+            Repaired::StartedOver(requeue) => return Ok(requeue),
+        };
+        let replacement = replacement.filter(|_| self.status.pending_key.is_some());
+        let due = self.timing.check_due || self.status.observed_generation != self.generation();
+        if due && let Some(requeue) = self.observe(&key, replacement.as_ref(), &view).await? {
+            return Ok(requeue);
+        }
+        if self.kind == ProviderKind::Threatwinds
+            && replacement.is_none()
+            && plan::needs_replacement(self.akp, &self.status)
+        {
+            self.create(CreatePurpose::Replace, Some(&key)).await?;
+            return Ok(SOON);
+        }
+        let waiting = self.verification(replacement.as_ref(), &view).await?;
+        if self.status.pending_key.as_ref().map(|p| p.waiting_for)
+            == Some(ReplacementStage::Promotion)
+        {
+            return Ok(SOON);
+        }
+        self.set_steady_conditions(waiting);
+        Ok(self.next_requeue())
+    }
+
+    fn next_requeue(&self) -> Duration {
+        let awaiting = KeyState::parse(&self.status, self.kind).is_ok_and(|state| match state {
+            KeyState::Active { key, replacement } => {
+                !key.verification.usable() || replacement.is_some()
+            }
+            _ => true,
+        });
+        if awaiting {
+            return self.timing.verification_poll_interval;
+        }
+        let expire_at = self.status.expire_at.as_deref().and_then(parse_time);
+        plan::next_check(
+            self.timing.check_interval,
+            self.timing.jitter,
+            self.timing.now,
+            expire_at,
+        )
+    }
+
+    /// Repairs the Secret of a key in place; returns the Secret as it now is.
+    async fn repair_secret(
+        &mut self,
+        key: &KeyRecord,
+        replacement: Option<&Replacement>,
+        view: SecretView,
+    ) -> Result<Repaired, Error> {
+        let mut view = view;
+        if plan::secret_repair(self.kind, key, replacement, &view) != SecretRepair::Intact {
+            // The cache may lag behind our own writes: decide on the API server's copy.
+            view = self.secret_view(true).await?;
+        }
+        match plan::secret_repair(self.kind, key, replacement, &view) {
+            SecretRepair::Intact => Ok(Repaired::Continue(view)),
+            SecretRepair::ReplacementLost => {
+                if let Some(replacement) = replacement {
+                    self.abandon_replacement(replacement).await?;
+                }
+                Ok(Repaired::Continue(view))
+            }
+            SecretRepair::RestoreFromProvider => self.restore_from_provider(key).await,
+            SecretRepair::RestoreApiKey => {
+                let secret = view.current().map(|c| c.api_secret.clone());
+                let Some(api_secret) = secret else {
+                    return Ok(Repaired::StartedOver(
+                        self.start_over(CreatePurpose::SecretLost, key, replacement, "the Secret lost its API secret").await?,
+                    ));
+                };
+                let current = Credentials {
+                    api_key: key.api_key.clone(),
+                    api_secret,
+                };
+                let pending = view.pending().cloned();
+                let contents = SecretContents { current, pending };
+                self.apply_secret(&contents).await?;
+                // The restored pair is checked now, not at the next interval.
+                self.timing.check_due = true;
+                Ok(Repaired::Continue(owned_view(contents)))
+            }
+            SecretRepair::Lost => Ok(Repaired::StartedOver(
+                self.start_over(CreatePurpose::SecretLost, key, replacement, "the Secret holding the API secret was deleted or emptied, and ThreatWinds shows a secret only once").await?,
+            )),
+        }
+    }
+
+    async fn restore_from_provider(&mut self, key: &KeyRecord) -> Result<Repaired, Error> {
+        let lookup = KeyLookup {
+            key_id: key.key_id.clone(),
+            api_key: key.api_key.clone(),
+            api_secret: None,
+        };
+        let remote = match self.provider.get(&lookup).await {
+            Ok(remote) => remote,
+            Err(ProviderError::NotFound { .. }) => {
+                let why = "the key pair is gone at the provider";
+                let requeue = self.start_over(CreatePurpose::RemoteKeyMissing, key, None, why);
+                return Ok(Repaired::StartedOver(requeue.await?));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(api_secret) = remote.api_secret.clone() else {
+            let why = "the provider no longer returns the secret";
+            let requeue = self.start_over(CreatePurpose::SecretLost, key, None, why);
+            return Ok(Repaired::StartedOver(requeue.await?));
+        };
+        let current = Credentials {
+            api_key: remote.api_key.clone(),
+            api_secret,
+        };
+        let contents = SecretContents {
+            current,
+            pending: None,
+        };
+        self.apply_secret(&contents).await?;
+        let note = "restored the Secret from the provider".to_owned();
+        self.event(EventType::Normal, "SecretRestored", "RestoreSecret", note)
+            .await;
+        Ok(Repaired::Continue(owned_view(contents)))
+    }
+
+    /// Observes the serving key at the provider; returns a requeue when that started over.
+    async fn observe(
+        &mut self,
+        key: &KeyRecord,
+        replacement: Option<&Replacement>,
+        view: &SecretView,
+    ) -> Result<Option<Duration>, Error> {
+        let lookup = plan::lookup_for(self.kind, key);
+        let api_secret = match lookup {
+            Lookup::WithOwnCredentials => view.current().map(|c| c.api_secret.clone()),
+            _ => None,
+        };
+        let request = KeyLookup {
+            key_id: key.key_id.clone(),
+            api_key: key.api_key.clone(),
+            api_secret,
+        };
+        let remote = match plan::observation(lookup, self.provider.get(&request).await) {
+            Observation::Found(remote) => remote,
+            Observation::Missing => return self.gone(key, replacement).await,
+            Observation::Failed(e) => return Err(e.into()),
+            Observation::Confirm(error) => {
+                let listed = self.provider.list().await?;
+                match plan::confirmation(&key.key_id, &listed, &error) {
+                    Confirmation::Inconclusive => return Err(error.into()),
+                    Confirmation::Unverified(remote) => *remote,
+                    Confirmation::Missing => return self.gone(key, replacement).await,
+                    Confirmation::SecretMismatch => {
+                        let why = "the API secret in the Secret no longer matches the key pair";
+                        let started =
+                            self.start_over(CreatePurpose::SecretLost, key, replacement, why);
+                        return Ok(Some(started.await?));
+                    }
+                }
+            }
+        };
+        self.checked = true;
+        self.record_observation(&remote);
+        self.update_datonis(key, &remote).await?;
+        Ok(None)
+    }
+
+    /// The key is gone at the provider: an expired key stays expired; any other is recreated.
+    async fn gone(
+        &mut self,
+        key: &KeyRecord,
+        replacement: Option<&Replacement>,
+    ) -> Result<Option<Duration>, Error> {
+        if self.is_expired() {
+            self.checked = true;
+            return Ok(None);
+        }
+        let why = format!("key pair {} was deleted at the provider", key.key_id);
+        let started = self.start_over(CreatePurpose::RemoteKeyMissing, key, replacement, &why);
+        Ok(Some(started.await?))
+    }
+
+    fn record_observation(&mut self, remote: &RemoteKeyPair) {
+        let s = &mut self.status;
+        if remote.expire_at.is_some() {
+            s.expire_at = remote.expire_at.map(rfc3339);
+        }
+        if remote.verified == Some(true) || s.verified != Some(true) {
+            s.verified = remote.verified.or(s.verified);
+        }
+        if remote.enabled.is_some() {
+            s.enabled = remote.enabled;
+        }
+        if remote.role_key.is_some() {
+            s.role_key = remote.role_key.clone();
+        }
+        if !remote.roles.is_empty() || !remote.groups.is_empty() {
+            s.roles = remote.roles.clone();
+            s.groups = remote.groups.clone();
+        }
+        if remote.name.is_some() {
+            s.key_name = remote.name.clone();
+        }
+    }
+
+    /// Applies a Datonis update when the spec moved; a refusal is recorded for this
+    /// generation and shown in `Ready` until the spec changes.
+    async fn update_datonis(
+        &mut self,
+        key: &KeyRecord,
+        remote: &RemoteKeyPair,
+    ) -> Result<(), Error> {
+        let Some(update) = plan::datonis_update(self.akp, remote, &self.status) else {
+            return Ok(());
+        };
+        match self.provider.update(&key.key_id, &update).await {
+            Ok(updated) => {
+                self.record_observation(&updated);
+                self.status.validity_days = Some(self.akp.spec.validity_days);
+                let note = format!("updated key pair {} to match the spec", key.key_id);
+                self.event(EventType::Normal, "Updated", "UpdateKeyPair", note)
+                    .await;
+                Ok(())
+            }
+            Err(e) if !e.is_retryable() => {
+                self.status.update_refused_generation = self.generation();
+                let message = format!("the provider refused the update; change the spec: {e}");
+                let why = super::provider_reason(&e);
+                self.set(READY, (status::FALSE, why, message.clone()));
+                self.event(EventType::Warning, why, "UpdateKeyPair", message)
+                    .await;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn is_expired(&self) -> bool {
+        let expire_at = self.status.expire_at.as_deref().and_then(parse_time);
+        expire_at.is_some_and(|t| t <= self.timing.now)
+    }
+
+    fn set_steady_conditions(&mut self, waiting: Option<&'static str>) {
+        let Ok(KeyState::Active { key, replacement }) = KeyState::parse(&self.status, self.kind)
+        else {
+            return;
+        };
+        let secret_name = self.secret_name();
+        let facts = SteadyFacts {
+            kind: self.kind,
+            key: &key,
+            replacement: replacement.as_ref(),
+            expired: self.is_expired(),
+            disabled: self.status.enabled == Some(false),
+            waiting,
+            secret_name: &secret_name,
+            expire_at: self.status.expire_at.as_deref(),
+        };
+        let (ready, verified) = plan::steady_conditions(&facts);
+        if let Some(verified) = verified {
+            self.set(VERIFIED, verified);
+        }
+        let refused = self.status.update_refused_generation.is_some()
+            && self.status.update_refused_generation == self.generation();
+        if !refused {
+            self.set(READY, ready);
+        }
+    }
+
+    // ---- verification ----------------------------------------------------------------
+
+    /// Runs the verification protocol for whichever key waits for its code (the
+    /// replacement first). Returns the reason the serving key waits with, if it does.
+    async fn verification(
+        &mut self,
+        replacement: Option<&Replacement>,
+        view: &SecretView,
+    ) -> Result<Option<&'static str>, Error> {
+        let for_replacement = replacement.is_some_and(|r| !r.key.verification.usable());
+        let serving_waits =
+            self.status.verified != Some(true) && self.kind == ProviderKind::Threatwinds;
+        if !for_replacement && !serving_waits {
+            return Ok(None);
+        }
+        let creds = match for_replacement {
+            true => view.pending(),
+            false => view.current(),
+        };
+        let Some(creds) = creds.cloned() else {
+            return Ok(Some(reason::AWAITING_VERIFICATION_CODE));
+        };
+        let step = self.verification_step(for_replacement).await?;
+        let waiting = self
+            .run_verification_step(step, for_replacement, &creds, view)
+            .await?;
+        Ok(waiting.filter(|_| !for_replacement))
+    }
+
+    fn code_id(&self, for_replacement: bool) -> Option<String> {
+        match for_replacement {
+            true => self
+                .status
+                .pending_key
+                .as_ref()?
+                .verification_code_id
+                .clone(),
+            false => self.status.verification_code_id.clone(),
+        }
+    }
+
+    /// The next verification step, with the code when there is one to submit.
+    async fn verification_step(
+        &self,
+        for_replacement: bool,
+    ) -> Result<(VerificationStep, Option<SecretString>), Error> {
+        let annotation = self.akp.annotations().get(REQUEST_NEW_CODE_ANNOTATION);
+        let reference = self
+            .akp
+            .spec
+            .verification
+            .as_ref()
+            .map(|v| &v.code_secret_ref);
+        let code_id = self.code_id(for_replacement);
+        let start = plan::verification_start(
+            code_id.as_deref(),
+            annotation.map(String::as_str),
+            self.status.new_code_request.as_deref(),
+            reference.is_some(),
+        );
+        let (code_id, reference) = match (start, reference) {
+            (Err(step), _) => return Ok((step, None)),
+            (Ok(code_id), Some(reference)) => (code_id, reference),
+            (Ok(_), None) => return Ok((VerificationStep::NoCodeSource, None)),
+        };
+        let code = self.cluster.read_code(reference).await?;
+        let step = plan::verification_submit(
+            code_id,
+            code.as_ref().map(|c| c.expose_secret()),
+            self.status.submitted_code_hash.as_deref(),
+        );
+        Ok((step, code))
+    }
+
+    async fn run_verification_step(
+        &mut self,
+        (step, code): (VerificationStep, Option<SecretString>),
+        for_replacement: bool,
+        creds: &Credentials,
+        view: &SecretView,
+    ) -> Result<Option<&'static str>, Error> {
+        match (step, code) {
+            (VerificationStep::RequestNewCode { requested }, _) => {
+                self.request_new_code(requested, for_replacement, creds)
+                    .await?;
+                Ok(Some(reason::AWAITING_VERIFICATION_CODE))
+            }
+            (
+                VerificationStep::Submit {
+                    code_id,
+                    fingerprint,
+                },
+                Some(code),
+            ) => {
+                let result = self.provider.verify(&code_id, &code).await;
+                self.submitted(
+                    plan::verify_outcome(result),
+                    fingerprint,
+                    for_replacement,
+                    view,
+                )
+                .await
+            }
+            (VerificationStep::AlreadyRejected, _) => Ok(Some(reason::VERIFICATION_CODE_REJECTED)),
+            (VerificationStep::CodeMissing | VerificationStep::Submit { .. }, _) => {
+                Ok(Some(reason::VERIFICATION_CODE_MISSING))
+            }
+            (VerificationStep::NoCodeSource, _) => Ok(Some(reason::AWAITING_VERIFICATION_CODE)),
+        }
+    }
+
+    async fn request_new_code(
+        &mut self,
+        requested: bool,
+        for_replacement: bool,
+        creds: &Credentials,
+    ) -> Result<(), Error> {
+        let new_id = self
+            .provider
+            .request_new_code(&creds.api_key, &creds.api_secret)
+            .await?;
+        if requested {
+            let annotation = self.akp.annotations().get(REQUEST_NEW_CODE_ANNOTATION);
+            self.status.new_code_request = annotation.cloned();
+        }
+        match (for_replacement, self.status.pending_key.as_mut()) {
+            (true, Some(p)) => p.verification_code_id = Some(new_id),
+            _ => self.status.verification_code_id = Some(new_id),
+        }
+        self.status.submitted_code_hash = None;
+        let note = match requested {
+            true => "asked the provider to email a new verification code".to_owned(),
+            false => "the verification code id was lost in an interrupted create; asked the provider to email a new code".to_owned(),
+        };
+        self.event(
+            EventType::Normal,
+            "NewCodeRequested",
+            "RequestNewCode",
+            note,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn submitted(
+        &mut self,
+        outcome: VerifyOutcome,
+        fingerprint: String,
+        for_replacement: bool,
+        view: &SecretView,
+    ) -> Result<Option<&'static str>, Error> {
+        match outcome {
+            VerifyOutcome::Verified => {
+                let note = "the key pair was verified with the emailed code".to_owned();
+                self.event(EventType::Normal, reason::VERIFIED, "VerifyKeyPair", note)
+                    .await;
+                if for_replacement {
+                    self.promote(view).await?;
+                } else {
+                    self.status.verified = Some(true);
+                }
+                Ok(None)
+            }
+            VerifyOutcome::Rejected(e) => {
+                self.status.submitted_code_hash = Some(fingerprint);
+                let message = format!("the provider rejected the verification code: {e}");
+                let why = reason::VERIFICATION_CODE_REJECTED;
+                self.set(VERIFIED, (status::FALSE, why, message.clone()));
+                self.event(EventType::Warning, why, "VerifyKeyPair", message)
+                    .await;
+                Ok(Some(why))
+            }
+            VerifyOutcome::NotDelivered(e) => Err(e.into()),
+        }
+    }
+
+    /// Swaps the verified replacement into the Secret's current slot (one apply), then
+    /// records that promotion is under way; [`Step::FinishPromotion`] retires the old key.
+    async fn promote(&mut self, view: &SecretView) -> Result<(), Error> {
+        let Some(new) = view.pending().cloned() else {
+            return Err(Error::Stale);
+        };
+        self.apply_secret(&SecretContents {
+            current: new,
+            pending: None,
+        })
+        .await?;
+        failpoint!("secret-written");
+        if let Some(p) = self.status.pending_key.as_mut() {
+            p.waiting_for = ReplacementStage::Promotion;
+        }
+        self.write(false).await
+    }
+
+    // ---- delete ----------------------------------------------------------------------
+
+    /// Deletes every remote key this resource owns (fenced, under the create lock so an
+    /// attempt in flight elsewhere is never taken for this one's).
+    pub async fn cleanup(mut self) -> Result<Outcome, Error> {
+        match self.cleanup_steps().await {
+            Ok(()) => Ok(self.outcome(Duration::ZERO)),
+            Err(error) => {
+                let dirty = self.status != self.written;
+                report(
+                    self.akp,
+                    self.cluster,
+                    &mut self.status,
+                    dirty,
+                    &error,
+                    "DeleteKeyPair",
+                )
+                .await?;
+                Err(error)
+            }
+        }
+    }
+
+    async fn cleanup_steps(&mut self) -> Result<(), Error> {
+        let state = KeyState::parse(&self.status, self.kind)?;
+        let _serialized = self.provider.serialize_creates().await;
+        self.write(true).await?;
+        let mut doomed: Vec<String> = state
+            .owned_key_ids()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if let KeyState::Creating { intent, .. } = &state {
+            let candidates = self.attempt_candidates(intent).await?;
+            if self.kind == ProviderKind::Threatwinds || candidates.len() == 1 {
+                doomed.extend(candidates.into_iter().map(|k| k.key_id));
+            }
+        }
+        for key_id in &doomed {
+            self.delete_remote(key_id).await?;
+        }
+        failpoint!("remote-deleted");
+        if !doomed.is_empty() {
+            let note = format!(
+                "deleted key pair(s) {} at {}",
+                doomed.join(", "),
+                self.provider.description()
+            );
+            self.event(EventType::Normal, "Deleted", "DeleteKeyPair", note)
+                .await;
+        }
+        Ok(())
+    }
+}
+
+/// What a Secret repair led to.
+enum Repaired {
+    /// The Secret serves the key (as this view shows): go on.
+    Continue(SecretView),
+    /// The key could not be kept: a new one is being created.
+    StartedOver(Duration),
+}
+
+fn owned_view(contents: SecretContents) -> SecretView {
+    SecretView::Owned {
+        current: Some(contents.current),
+        pending: contents.pending,
+    }
+}
+
+/// Whether an attempt of this purpose retires the key recorded before it.
+fn retires_previous(purpose: CreatePurpose) -> bool {
+    matches!(
+        purpose,
+        CreatePurpose::SecretLost | CreatePurpose::RemoteKeyMissing
+    )
+}
+
+/// Leaves the remote key in place and releases the Secret (drops the owner reference),
+/// so garbage collection does not destroy the only copy of a ThreatWinds secret.
+pub async fn orphan(akp: &ApiKeyPair, cluster: &dyn Cluster, forced: bool) -> Result<(), Error> {
+    let name = akp
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .unwrap_or_else(|| secret::secret_name(akp));
+    if let Some(found) = cluster.read_secret(&name, true).await?
+        && secret::view_secret(akp, Some(&found)) != SecretView::Foreign
+    {
+        cluster.release_secret(&name).await?;
+    }
+    let why = match forced {
+        true => super::FORCE_ORPHAN_ANNOTATION,
+        false => "deletionPolicy Orphan",
+    };
+    let note = format!(
+        "left the remote key pair in place ({why}); Secret {name} is kept and no longer owned by this ApiKeyPair"
+    );
+    cluster
+        .event(EventType::Normal, "Orphaned", "DeleteKeyPair", note)
+        .await;
+    Ok(())
+}
+
+/// The deletion decision for a resource being deleted.
+pub fn deletion(akp: &ApiKeyPair) -> Deletion {
+    let force = akp
+        .annotations()
+        .get(super::FORCE_ORPHAN_ANNOTATION)
+        .map(String::as_str)
+        == Some("true");
+    plan::deletion(akp.spec.deletion_policy, force)
+}
+
+/// Puts a failure in the status (`Ready=False` with its reason and message) and, when the
+/// reason is new, in a Warning event. `dirty`: the status has other unwritten changes.
+pub async fn report(
+    akp: &ApiKeyPair,
+    cluster: &dyn Cluster,
+    status: &mut ApiKeyPairStatus,
+    dirty: bool,
+    error: &Error,
+    action: &str,
+) -> Result<(), Error> {
+    if matches!(error, Error::Stale) {
+        // Nothing to tell: the next reconcile works from the new version.
+        return Ok(());
+    }
+    let was = conditions::find(&status.conditions, READY).map(|c| c.reason.clone());
+    let desired = conditions::Desired {
+        type_: READY,
+        status: status::FALSE,
+        reason: error.reason(),
+        message: error.to_string(),
+    };
+    let changed = conditions::set(&mut status.conditions, desired, akp.metadata.generation);
+    let generation_moved = status.observed_generation != akp.metadata.generation;
+    status.observed_generation = akp.metadata.generation;
+    if changed || generation_moved || dirty {
+        cluster.write_status(status, false).await?;
+    }
+    if was.as_deref() != Some(error.reason()) {
+        cluster
+            .event(
+                EventType::Warning,
+                error.reason(),
+                action,
+                error.to_string(),
+            )
+            .await;
+    }
+    debug!(%error, "reported");
+    Ok(())
+}
+
+/// Deletes a remote key; one that is already gone counts as deleted.
+async fn delete_remote(provider: &dyn Provider, key_id: &str) -> Result<(), Error> {
+    if key_id.is_empty() {
+        return Ok(());
+    }
+    match provider.delete(key_id).await {
+        Ok(()) | Err(ProviderError::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Parses an RFC 3339 time from the status.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
