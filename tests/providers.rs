@@ -190,6 +190,7 @@ fn assert_variant(e: &ProviderError, want: &str) {
         ProviderError::Transport { .. } => "Transport",
         ProviderError::UnexpectedResponse { .. } => "UnexpectedResponse",
         ProviderError::Unsupported { .. } => "Unsupported",
+        ProviderError::CodeRejected { .. } => "CodeRejected",
     };
     assert_eq!(got, want, "{e:?}");
 }

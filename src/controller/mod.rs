@@ -276,6 +276,7 @@ pub fn provider_reason(error: &ProviderError) -> &'static str {
             reason::REMOTE_UNAVAILABLE
         }
         ProviderError::UnexpectedResponse { .. } => reason::UNEXPECTED_RESPONSE,
+        ProviderError::CodeRejected { .. } => reason::VERIFICATION_CODE_REJECTED,
         ProviderError::NotFound { .. }
         | ProviderError::BadRequest { .. }
         | ProviderError::Unsupported { .. } => reason::REMOTE_REJECTED,
