@@ -972,7 +972,8 @@ impl Run {
                 Ok(false)
             }
             Err(
-                e @ (ProviderError::Unauthorized { .. }
+                e @ (ProviderError::CodeRejected { .. }
+                | ProviderError::Unauthorized { .. }
                 | ProviderError::NotFound { .. }
                 | ProviderError::BadRequest { .. }),
             ) => {
