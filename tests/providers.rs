@@ -1310,8 +1310,8 @@ async fn threatwinds_verify_with_an_expired_session_is_unauthorized() {
     assert!(e.to_string().contains("expired or is unknown"), "{e}");
 }
 
-/// "New Verification Code" under each `Authorization` reading; returns the requests the
-/// endpoint saw per status.
+/// "New Verification Code" under one `Authorization` reading: at most one refused
+/// attempt, then the working form is used directly.
 async fn threatwinds_new_code_auth(dialect: Dialect, mode: NewCodeAuth) {
     let success = match dialect {
         Dialect::Current => "200",
