@@ -11,7 +11,8 @@ use keypair_operator::provider::{
     UpdateKeyPair,
 };
 use keypair_operator::sandbox::{
-    Dialect, OutboxEmail, SandboxConfig, SandboxHandle, SandboxKey, SandboxStats, spawn,
+    Dialect, NewCodeAuth, OutboxEmail, SandboxConfig, SandboxHandle, SandboxKey, SandboxStats,
+    ThreatWindsReadings, UnverifiedCheck, VerifyAuth, spawn,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
@@ -44,6 +45,14 @@ impl Sandbox {
         let mut cfg = SandboxConfig::threatwinds();
         cfg.dialect = dialect;
         cfg.session_tokens = vec![TW_TOKEN.into()];
+        Sandbox::start(cfg).await
+    }
+
+    async fn threatwinds_reading(dialect: Dialect, readings: ThreatWindsReadings) -> Sandbox {
+        let mut cfg = SandboxConfig::threatwinds();
+        cfg.dialect = dialect;
+        cfg.session_tokens = vec![TW_TOKEN.into()];
+        cfg.threatwinds_readings = readings;
         Sandbox::start(cfg).await
     }
 
@@ -181,7 +190,6 @@ fn short_timeout() -> HttpOptions {
 #[track_caller]
 fn assert_variant(e: &ProviderError, want: &str) {
     let got = match e {
-        ProviderError::CodeRejected { .. } => "code_rejected",
         ProviderError::NotFound { .. } => "NotFound",
         ProviderError::Unauthorized { .. } => "Unauthorized",
         ProviderError::Forbidden { .. } => "Forbidden",
@@ -191,6 +199,7 @@ fn assert_variant(e: &ProviderError, want: &str) {
         ProviderError::Transport { .. } => "Transport",
         ProviderError::UnexpectedResponse { .. } => "UnexpectedResponse",
         ProviderError::Unsupported { .. } => "Unsupported",
+        ProviderError::CodeRejected { .. } => "CodeRejected",
     };
     assert_eq!(got, want, "{e:?}");
 }
@@ -307,18 +316,19 @@ async fn threatwinds_lifecycle(dialect: Dialect) {
 
     // Wrong code: 401; unknown code id: 404.
     let wrong_code = SecretString::from("000000");
+    // With a live, verified session both are the code's fault: CodeRejected.
     let e = tw
         .verify(&code_id, &wrong_code)
         .await
         .expect_err("wrong code");
-    assert_variant(&e, "Unauthorized");
+    assert_variant(&e, "CodeRejected");
     assert_error_id(&e);
     leaks.err(&e);
     let e = tw
         .verify("00000000-0000-4000-8000-000000000000", &wrong_code)
         .await
         .expect_err("unknown code id");
-    assert_variant(&e, "NotFound");
+    assert_variant(&e, "CodeRejected");
     assert_error_id(&e);
     leaks.err(&e);
 
@@ -1091,4 +1101,366 @@ async fn datonis_faults() {
     assert_eq!(dt.list().await.expect("list").len(), 2);
 
     leaks.check();
+}
+
+/// The create-response faults: the key is committed, then the 2xx answer is unusable.
+const SPOILED_CREATES: [&str; 5] = [
+    "truncated",
+    "wrong_shape",
+    "missing_secret",
+    "missing_key_id",
+    "oversized",
+];
+
+/// A create whose 2xx answer cannot be used may have committed; the key is in the list.
+#[track_caller]
+fn assert_spoiled_create(e: &ProviderError, mode: &str, success: u16) {
+    assert!(e.may_have_committed(), "{mode}: {e:?}");
+    assert!(!e.is_retryable(), "{mode}: {e:?}");
+    match e {
+        ProviderError::UnexpectedResponse { status, .. } => assert_eq!(*status, success, "{mode}"),
+        // A body cut off on the wire is as ambiguous, and allowed too.
+        ProviderError::Transport { .. } => {}
+        other => panic!("{mode}: {other:?}"),
+    }
+}
+
+async fn threatwinds_spoiled_create_answers(dialect: Dialect, success: u16) {
+    let sb = Sandbox::threatwinds(dialect).await;
+    let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+    let mut errors = Vec::new();
+    for mode in SPOILED_CREATES {
+        sb.faults(json!({"commit_then_fail": mode, "commit_then_fail_count": 1}))
+            .await;
+        let name = format!("spoiled {mode}");
+        let e = tw.create(&tw_req(&name)).await.expect_err(mode);
+        assert_spoiled_create(&e, mode, success);
+        // The controller's recovery: the key is found by listing.
+        let listed = tw.list().await.expect("list");
+        assert!(
+            listed
+                .iter()
+                .any(|k| k.name.as_deref() == Some(name.as_str())),
+            "{mode}: key not listed"
+        );
+        errors.push(e);
+    }
+    sb.clear_faults().await;
+    let mut leaks = Leaks::default();
+    leaks.secret(TW_TOKEN);
+    for k in sb.keys().await {
+        leaks.secret(k.secret);
+    }
+    errors.iter().for_each(|e| leaks.err(e));
+    leaks.check();
+}
+
+#[tokio::test]
+async fn threatwinds_current_dialect_spoiled_create_answers_may_have_committed() {
+    threatwinds_spoiled_create_answers(Dialect::Current, 200).await;
+}
+
+#[tokio::test]
+async fn threatwinds_detailed_dialect_spoiled_create_answers_may_have_committed() {
+    threatwinds_spoiled_create_answers(Dialect::Detailed, 202).await;
+}
+
+#[tokio::test]
+async fn datonis_spoiled_create_answers_may_have_committed() {
+    let sb = Sandbox::datonis(Duration::from_secs(1800)).await;
+    let dt = sb.dt_client(HttpOptions::default());
+    dt.check_credentials().await.expect("sign in");
+    let req = CreateKeyPair {
+        name: String::new(),
+        validity_days: 30,
+        role_key: Some("1946c4ce5c".into()),
+    };
+    let mut errors = Vec::new();
+    for mode in SPOILED_CREATES {
+        let before: Vec<String> = sb.keys().await.into_iter().map(|k| k.id).collect();
+        sb.faults(json!({"commit_then_fail": mode})).await;
+        let e = dt.create(&req).await.expect_err(mode);
+        assert_spoiled_create(&e, mode, 200);
+        let new: Vec<String> = sb
+            .keys()
+            .await
+            .into_iter()
+            .map(|k| k.id)
+            .filter(|id| !before.contains(id))
+            .collect();
+        assert_eq!(new.len(), 1, "{mode}: one key committed");
+        let listed = dt.list().await.expect("list");
+        assert!(
+            listed.iter().any(|k| k.key_id == new[0]),
+            "{mode}: not listed"
+        );
+        errors.push(e);
+    }
+    let mut leaks = Leaks::default();
+    leaks.secret(DT_PASSWORD);
+    for k in sb.keys().await {
+        leaks.secret(k.secret);
+    }
+    errors.iter().for_each(|e| leaks.err(e));
+    leaks.check();
+}
+
+/// A session made the documented way and left unverified; returns its bearer token.
+async fn unverified_session(sb: &Sandbox) -> String {
+    let answer: Value = sb
+        .control
+        .post(format!("{}/api/auth/v2/session", sb.url()))
+        .json(&json!({"email": "someone.else@threatwinds.test"}))
+        .send()
+        .await
+        .expect("create session")
+        .json()
+        .await
+        .expect("session json");
+    answer["bearer"].as_str().expect("bearer").to_owned()
+}
+
+async fn threatwinds_verify_refusals(dialect: Dialect) {
+    let readings = ThreatWindsReadings {
+        verify_auth: VerifyAuth::Session,
+        ..ThreatWindsReadings::default()
+    };
+    for readings in [ThreatWindsReadings::default(), readings] {
+        let sb = Sandbox::threatwinds_reading(dialect, readings).await;
+        let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+        let created = tw.create(&tw_req("verify me")).await.expect("create");
+        let code_id = created.verification_code_id.clone().expect("code id");
+        let wrong = SecretString::from("000000");
+
+        // Live, verified session: the code is at fault.
+        let e = tw.verify(&code_id, &wrong).await.expect_err("wrong code");
+        assert_variant(&e, "CodeRejected");
+        assert!(!e.is_retryable() && !e.may_have_committed());
+        assert_eq!(e.class(), "code_rejected");
+
+        // Unverified session: a credentials problem, not the code's.
+        let other = sb.tw_client(&unverified_session(&sb).await, HttpOptions::default());
+        let e = other
+            .verify(&code_id, &wrong)
+            .await
+            .expect_err("unverified");
+        assert_variant(&e, "Unauthorized");
+        assert!(e.to_string().contains("not verified"), "{e}");
+
+        // Unknown session: a credentials problem too.
+        let unknown = sb.tw_client("unknownSessionToken-0123456789", HttpOptions::default());
+        let e = unknown.verify(&code_id, &wrong).await.expect_err("unknown");
+        assert_variant(&e, "Unauthorized");
+        assert!(e.to_string().contains("expired or is unknown"), "{e}");
+
+        // The session check itself fails (every 2nd request answers 500): that error is
+        // returned, so the code is submitted again later.
+        sb.faults(json!({"error_rate": 0.5})).await;
+        let e = tw.verify(&code_id, &wrong).await.expect_err("check fails");
+        assert!(
+            matches!(e, ProviderError::Server { status: 500, .. }),
+            "{e:?}"
+        );
+        assert!(e.is_retryable());
+        sb.clear_faults().await;
+
+        // 403 stays Forbidden (retryable), without a session check.
+        sb.faults(json!({"rate_limit_rps": 0.001})).await;
+        let _ = tw.list().await;
+        let e = tw.verify(&code_id, &wrong).await.expect_err("throttled");
+        assert_variant(&e, "Forbidden");
+        assert!(e.is_retryable());
+        sb.clear_faults().await;
+
+        // The right code still works afterwards.
+        let code = code_for(&sb.outbox().await, &code_id);
+        tw.verify(&code_id, &code).await.expect("verify");
+    }
+}
+
+#[tokio::test]
+async fn threatwinds_current_dialect_verify_tells_a_refused_code_from_a_dead_session() {
+    threatwinds_verify_refusals(Dialect::Current).await;
+}
+
+#[tokio::test]
+async fn threatwinds_detailed_dialect_verify_tells_a_refused_code_from_a_dead_session() {
+    threatwinds_verify_refusals(Dialect::Detailed).await;
+}
+
+#[tokio::test]
+async fn threatwinds_verify_with_an_expired_session_is_unauthorized() {
+    let mut cfg = SandboxConfig::threatwinds();
+    cfg.session_tokens = vec![TW_TOKEN.into()];
+    cfg.session_ttl = Duration::from_secs(2);
+    cfg.threatwinds_readings.verify_auth = VerifyAuth::Session;
+    let sb = Sandbox::start(cfg).await;
+    let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+    let created = tw.create(&tw_req("late")).await.expect("create");
+    let code_id = created.verification_code_id.expect("code id");
+    let code = code_for(&sb.outbox().await, &code_id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tw.check_credentials().await.is_ok() {
+        assert!(Instant::now() < deadline, "session never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Even the right code: the server answers 404 for the dead session.
+    let e = tw.verify(&code_id, &code).await.expect_err("dead session");
+    assert_variant(&e, "Unauthorized");
+    assert!(e.to_string().contains("expired or is unknown"), "{e}");
+}
+
+/// "New Verification Code" under one `Authorization` reading: at most one refused
+/// attempt, then the working form is used directly.
+async fn threatwinds_new_code_auth(dialect: Dialect, mode: NewCodeAuth) {
+    let success = match dialect {
+        Dialect::Current => "200",
+        Dialect::Detailed => "202",
+    };
+    let readings = ThreatWindsReadings {
+        new_code_auth: mode,
+        ..ThreatWindsReadings::default()
+    };
+    let sb = Sandbox::threatwinds_reading(dialect, readings).await;
+    let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+    let created = tw.create(&tw_req("new code")).await.expect("create");
+    let route = "POST /api/auth/v2/keypair/verification";
+    let first = tw
+        .request_new_code(&created.key.api_key, &created.api_secret)
+        .await
+        .unwrap_or_else(|e| panic!("{mode:?}: {e:?}"));
+    let refused = sb.count(route, "401").await + sb.count(route, "400").await;
+    let expected_refusals = u64::from(mode == NewCodeAuth::Raw);
+    assert_eq!(refused, expected_refusals, "{mode:?}: first call");
+    // The working form is remembered, also by clones: no further refusals.
+    let clone = tw.clone();
+    let second = clone
+        .request_new_code(&created.key.api_key, &created.api_secret)
+        .await
+        .expect("second new code");
+    assert_ne!(first, second);
+    let refused = sb.count(route, "401").await + sb.count(route, "400").await;
+    assert_eq!(refused, expected_refusals, "{mode:?}: remembered");
+    assert_eq!(sb.count(route, success).await, 2, "{mode:?}");
+    // The newest code verifies the key.
+    let code = code_for(&sb.outbox().await, &second);
+    tw.verify(&second, &code).await.expect("verify");
+    // A wrong secret is still refused (both forms tried at most once more).
+    let e = tw
+        .request_new_code(
+            &created.key.api_key,
+            &SecretString::from("wrongSecret-0123456789"),
+        )
+        .await
+        .expect_err("wrong secret");
+    assert_variant(&e, "Unauthorized");
+    assert!(!format!("{e} {e:?}").contains("wrongSecret-0123456789"));
+}
+
+#[tokio::test]
+async fn threatwinds_new_code_falls_back_to_the_bare_token_and_remembers_it() {
+    for dialect in [Dialect::Current, Dialect::Detailed] {
+        for mode in [NewCodeAuth::Bearer, NewCodeAuth::Raw, NewCodeAuth::Either] {
+            threatwinds_new_code_auth(dialect, mode).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn threatwinds_unverified_key_check_reads_either_way() {
+    for check in [UnverifiedCheck::Allowed, UnverifiedCheck::Unauthorized] {
+        let readings = ThreatWindsReadings {
+            unverified_check: check,
+            ..ThreatWindsReadings::default()
+        };
+        let sb = Sandbox::threatwinds_reading(Dialect::Current, readings).await;
+        let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+        let created = tw.create(&tw_req("unverified")).await.expect("create");
+        let lookup = KeyLookup {
+            key_id: created.key.key_id.clone(),
+            api_key: created.key.api_key.clone(),
+            api_secret: Some(created.api_secret.clone()),
+        };
+        let without_secret = KeyLookup {
+            api_secret: None,
+            ..lookup.clone()
+        };
+        // Unverified: seen as such with and without the secret.
+        let got = tw.get(&lookup).await.expect("get unverified");
+        assert_eq!(got.verified, Some(false), "{check:?}");
+        assert_eq!(got.key_id, created.key.key_id);
+        let got = tw.get(&without_secret).await.expect("get via list");
+        assert_eq!(got.verified, Some(false), "{check:?}");
+        let wrong_secret = KeyLookup {
+            api_secret: Some(SecretString::from("wrongSecret-0123456789")),
+            ..lookup.clone()
+        };
+        let wrong = tw.get(&wrong_secret).await;
+        match check {
+            // The server has shown it answers checks of unverified keys: 401 is the secret.
+            UnverifiedCheck::Allowed => assert_variant(&wrong.expect_err("wrong"), "Unauthorized"),
+            // Indistinguishable from "unverified" until the key is verified (documented).
+            UnverifiedCheck::Unauthorized => {
+                assert_eq!(wrong.expect("as unverified").verified, Some(false));
+            }
+        }
+
+        let code_id = created.verification_code_id.clone().expect("code id");
+        let code = code_for(&sb.outbox().await, &code_id);
+        tw.verify(&code_id, &code).await.expect("verify");
+
+        // Verified: both views say so, and a wrong secret is Unauthorized again.
+        let got = tw.get(&lookup).await.expect("get verified");
+        assert_eq!(got.verified, Some(true), "{check:?}");
+        let got = tw.get(&without_secret).await.expect("get via list");
+        assert_eq!(got.verified, Some(true), "{check:?}");
+        let e = tw.get(&wrong_secret).await.expect_err("wrong secret");
+        assert_variant(&e, "Unauthorized");
+    }
+}
+
+/// The whole client flow under one sandbox reading.
+async fn threatwinds_flow(dialect: Dialect, name: &str, readings: ThreatWindsReadings) {
+    let sb = Sandbox::threatwinds_reading(dialect, readings).await;
+    let tw = sb.tw_client(TW_TOKEN, HttpOptions::default());
+    let ctx = format!("{name} ({dialect:?})");
+    let created = tw.create(&tw_req("flow")).await.expect(&ctx);
+    let lookup = KeyLookup {
+        key_id: created.key.key_id.clone(),
+        api_key: created.key.api_key.clone(),
+        api_secret: Some(created.api_secret.clone()),
+    };
+    let got = tw.get(&lookup).await.expect(&ctx);
+    assert_eq!(got.verified, Some(false), "{ctx}");
+    let code_id = tw
+        .request_new_code(&created.key.api_key, &created.api_secret)
+        .await
+        .expect(&ctx);
+    let e = tw
+        .verify(&code_id, &SecretString::from("000000"))
+        .await
+        .expect_err(&ctx);
+    assert_variant(&e, "CodeRejected");
+    let code = code_for(&sb.outbox().await, &code_id);
+    tw.verify(&code_id, &code).await.expect(&ctx);
+    let got = tw.get(&lookup).await.expect(&ctx);
+    assert_eq!(got.verified, Some(true), "{ctx}");
+    let listed = tw.list().await.expect(&ctx);
+    assert!(
+        listed.iter().any(|k| k.key_id == created.key.key_id),
+        "{ctx}"
+    );
+    tw.delete(&created.key.key_id).await.expect(&ctx);
+    let e = tw.delete(&created.key.key_id).await.expect_err(&ctx);
+    assert_variant(&e, "NotFound");
+}
+
+#[tokio::test]
+async fn threatwinds_client_works_under_every_strict_reading() {
+    for dialect in [Dialect::Current, Dialect::Detailed] {
+        threatwinds_flow(dialect, "lenient", ThreatWindsReadings::lenient()).await;
+        for (name, readings) in ThreatWindsReadings::strict_profiles() {
+            threatwinds_flow(dialect, name, readings).await;
+        }
+    }
 }

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use keypair_operator::sandbox::{
     self, DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DEFAULT_SESSION_TOKEN, Dialect,
-    SandboxConfig, SandboxHandle, SandboxKey,
+    NewCodeAuth, PathCase, SandboxConfig, SandboxHandle, SandboxKey, ThreatWindsReadings,
+    UnverifiedCheck, VerifyAuth,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -1453,6 +1454,218 @@ async fn commit_then_fail_drop_breaks_the_response_but_creates_the_key() {
     );
 }
 
+/// A raw create against either provider; returns status and body bytes.
+async fn raw_create(sb: &Sb, dt_token: Option<&str>) -> (StatusCode, Vec<u8>) {
+    let request = match dt_token {
+        None => sb
+            .tw(Method::POST, "/keypair")
+            .json(&json!({"name": "spoiled", "days": 1})),
+        Some(token) => sb
+            .dt(Method::POST, "/api/v3/key_pairs", token)
+            .json(&json!({"key_pair": {"expiry_date": "01/01/2030", "role_key": "1946c4ce5c"}})),
+    };
+    let response = request.send().await.expect("send");
+    let status = response.status();
+    (status, response.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test]
+async fn commit_then_fail_spoiled_answers_keep_the_status_and_create_the_key() {
+    for datonis in [false, true] {
+        let sb = Sb::new(if datonis {
+            SandboxConfig::datonis()
+        } else {
+            SandboxConfig {
+                dialect: Dialect::Detailed,
+                ..SandboxConfig::threatwinds()
+            }
+        })
+        .await;
+        let token = if datonis {
+            Some(sb.dt_sign_in().await)
+        } else {
+            None
+        };
+        let ok = if datonis {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        let (secret, ids): (&str, &[&str]) = if datonis {
+            ("secret_key", &["key_pair_key", "access_key"])
+        } else {
+            ("apiSecret", &["keyID"])
+        };
+        let (_, whole) = raw_create(&sb, token.as_deref()).await;
+        let whole: Value = serde_json::from_slice(&whole).expect("json");
+        let object = |v: &Value| {
+            if datonis {
+                v["key_pair"].clone()
+            } else {
+                v.clone()
+            }
+        };
+        let mut created = 1;
+        for mode in [
+            "truncated",
+            "wrong_shape",
+            "missing_secret",
+            "missing_key_id",
+            "oversized",
+        ] {
+            sb.set_faults(json!({"commit_then_fail": mode})).await;
+            let (status, body) = raw_create(&sb, token.as_deref()).await;
+            created += 1;
+            assert_eq!(status, ok, "{mode}");
+            assert_eq!(sb.keys().await.len(), created, "{mode}: key committed");
+            let parsed = serde_json::from_slice::<Value>(&body);
+            match mode {
+                "truncated" => assert!(parsed.is_err(), "{mode}"),
+                "wrong_shape" => assert_eq!(parsed.expect(mode), json!({"unexpected": 1})),
+                "missing_secret" => {
+                    let v = object(&parsed.expect(mode));
+                    assert!(v.get(secret).is_none(), "{mode}: {v}");
+                    assert!(ids.iter().all(|id| v.get(*id).is_some()), "{mode}: {v}");
+                }
+                "missing_key_id" => {
+                    let v = object(&parsed.expect(mode));
+                    assert!(ids.iter().all(|id| v.get(*id).is_none()), "{mode}: {v}");
+                    assert!(v.get(secret).is_some(), "{mode}: {v}");
+                }
+                _ => {
+                    assert!(body.len() > 4 * 1024 * 1024, "{mode}: {}", body.len());
+                    let v = object(&parsed.expect(mode));
+                    assert_eq!(
+                        v.as_object().map(|o| o.len()),
+                        object(&whole).as_object().map(|o| o.len())
+                    );
+                }
+            }
+        }
+        // The counter (default 1) is used up: the next create is whole again.
+        let (status, body) = raw_create(&sb, token.as_deref()).await;
+        assert_eq!(status, ok);
+        assert!(
+            object(&serde_json::from_slice(&body).expect("json"))
+                .get(secret)
+                .is_some()
+        );
+    }
+}
+
+#[tokio::test]
+async fn threatwinds_readings_change_what_the_server_accepts() {
+    let strict = ThreatWindsReadings {
+        new_code_auth: NewCodeAuth::Bearer,
+        unverified_check: UnverifiedCheck::Unauthorized,
+        path_case: PathCase::Lowercase,
+        verify_auth: VerifyAuth::Session,
+    };
+    let sb = Sb::new(SandboxConfig {
+        threatwinds_readings: strict,
+        ..SandboxConfig::threatwinds()
+    })
+    .await;
+    let key = sb.tw_create("strict").await;
+    let (api_key, api_secret) = (
+        key["apiKey"].as_str().unwrap(),
+        key["apiSecret"].as_str().unwrap(),
+    );
+    let check = || {
+        sb.req(Method::GET, &format!("{TW}/keypair"))
+            .header("api-key", api_key)
+            .header("api-secret", api_secret)
+    };
+    // An unverified key cannot even be checked.
+    let (status, message) = current_error(check().send().await.unwrap()).await;
+    assert_eq!(
+        (status, message.as_str()),
+        (StatusCode::UNAUTHORIZED, "keypair not verified")
+    );
+    // New code: `Bearer` only.
+    let new_code = json!({"apiKey": api_key, "apiSecret": api_secret});
+    let response = sb
+        .req(Method::POST, &format!("{TW}/keypair/verification"))
+        .header("authorization", DEFAULT_SESSION_TOKEN)
+        .json(&new_code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current_error(response).await.0, StatusCode::BAD_REQUEST);
+    let response = sb
+        .tw(Method::POST, "/keypair/verification")
+        .json(&new_code)
+        .send()
+        .await
+        .unwrap();
+    let code_id = success(response, StatusCode::OK).await["verificationCodeID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let verify = json!({"verificationCodeID": code_id, "code": sb.code(&code_id).await});
+    // Verify: a session is needed, and `/KeyPair/...` is an unknown path.
+    let response = sb
+        .req(Method::PUT, &format!("{TW}/keypair/verification"))
+        .json(&verify)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current_error(response).await.0, StatusCode::UNAUTHORIZED);
+    let response = sb
+        .tw(Method::PUT, "/KeyPair/verification")
+        .json(&verify)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current_error(response).await.0, StatusCode::NOT_FOUND);
+    let response = sb
+        .tw(Method::PUT, "/keypair/verification")
+        .json(&verify)
+        .send()
+        .await
+        .unwrap();
+    success(response, StatusCode::OK).await;
+    // Verified: the check answers.
+    let body = success(check().send().await.unwrap(), StatusCode::OK).await;
+    assert_eq!(body["verified"], true);
+
+    // The raw reading of new code: the bare token only; `Bearer` is an unknown token.
+    let sb = Sb::new(SandboxConfig {
+        threatwinds_readings: ThreatWindsReadings {
+            new_code_auth: NewCodeAuth::Raw,
+            ..ThreatWindsReadings::default()
+        },
+        ..SandboxConfig::threatwinds()
+    })
+    .await;
+    let key = sb.tw_create("raw").await;
+    let new_code = json!({"apiKey": key["apiKey"], "apiSecret": key["apiSecret"]});
+    let response = sb
+        .tw(Method::POST, "/keypair/verification")
+        .json(&new_code)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current_error(response).await.0, StatusCode::UNAUTHORIZED);
+    let response = sb
+        .req(Method::POST, &format!("{TW}/KeyPair/verification"))
+        .header("authorization", DEFAULT_SESSION_TOKEN)
+        .json(&new_code)
+        .send()
+        .await
+        .unwrap();
+    success(response, StatusCode::OK).await;
+    // Lenient on the rest: an unverified key is checked, verify needs no session.
+    let response = sb
+        .req(Method::GET, &format!("{TW}/keypair"))
+        .header("api-key", key["apiKey"].as_str().unwrap())
+        .header("api-secret", key["apiSecret"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(success(response, StatusCode::OK).await["verified"], false);
+}
+
 #[tokio::test]
 async fn state_file_survives_a_restart() {
     let dir = std::env::temp_dir().join(format!("kp-sandbox-test-{}", uuid::Uuid::new_v4()));
@@ -1690,6 +1903,33 @@ fn cli_arguments_become_a_config() {
     ])
     .unwrap();
     assert!(cli.sandbox.into_config().is_err(), "zero code TTL refused");
+    let cli = Cli::try_parse_from([
+        "keypair-operator",
+        "--provider",
+        "threatwinds",
+        "--new-code-auth",
+        "raw",
+        "--unverified-check",
+        "unauthorized",
+        "--path-case",
+        "lowercase",
+        "--verify-auth",
+        "session",
+    ])
+    .unwrap();
+    let (config, _) = cli.sandbox.into_config().unwrap();
+    assert_eq!(
+        config.threatwinds_readings,
+        ThreatWindsReadings {
+            new_code_auth: NewCodeAuth::Raw,
+            unverified_check: UnverifiedCheck::Unauthorized,
+            path_case: PathCase::Lowercase,
+            verify_auth: VerifyAuth::Session,
+        }
+    );
+    let cli = Cli::try_parse_from(["keypair-operator", "--provider", "threatwinds"]).unwrap();
+    let (config, _) = cli.sandbox.into_config().unwrap();
+    assert_eq!(config.threatwinds_readings, ThreatWindsReadings::lenient());
     assert!(
         Cli::try_parse_from([
             "keypair-operator",

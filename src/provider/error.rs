@@ -28,8 +28,11 @@ pub enum ProviderError {
         /// The provider's error id, if any.
         error_id: Option<String>,
     },
-    /// 403: refused. ThreatWinds also answers 403 to clients it thinks send too many
-    /// requests, so this is retried with back-off.
+    /// 403: refused. The current ThreatWinds page says "authenticated user lacks
+    /// permission"; the older page says it also answers 403 to clients it thinks send too
+    /// many requests. Both readings are kept: it is retried with back-off, and
+    /// [`ProviderError::is_permission_denied`] tells the controller when to report it as a
+    /// permission problem.
     #[error("{message}{}{}", ErrorId(error_id), RetryAfter(retry_after))]
     Forbidden {
         /// What the provider said, prefixed with provider and operation.
@@ -75,8 +78,10 @@ pub enum ProviderError {
         /// What went wrong, prefixed with provider and operation.
         message: String,
     },
-    /// A 2xx whose body is not what the docs describe, or a status the docs never mention
-    /// (1xx, 3xx). Terminal.
+    /// A 2xx whose body is not what the docs describe (cut off, the wrong shape, without
+    /// a required field, oversized), or a status the docs never mention (1xx, 3xx).
+    /// Terminal; with a 2xx `status` a write may have been applied
+    /// ([`ProviderError::may_have_committed`]).
     #[error("{message} (HTTP {status}); body: {excerpt}")]
     UnexpectedResponse {
         /// The HTTP status.
@@ -86,8 +91,9 @@ pub enum ProviderError {
         /// At most 200 characters of the body, with secret-looking values masked.
         excerpt: String,
     },
-    /// The provider rejected a verification code while the session was alive: the code is
-    /// wrong. Not retryable with the same code.
+    /// ThreatWinds refused a verification code (wrong, expired, unknown or used code id)
+    /// while its `GET /session` confirmed that the session is alive and verified, so the
+    /// refusal is about the code and not the credentials. Terminal until a new code is given.
     #[error("{message}{}", ErrorId(error_id))]
     CodeRejected {
         /// What the provider said, prefixed with provider and operation.
@@ -116,18 +122,6 @@ impl ProviderError {
         )
     }
 
-    /// A 403 without `Retry-After`: the current ThreatWinds page says 403 means the user
-    /// lacks permission (with `Retry-After` it is throttling).
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(
-            self,
-            ProviderError::Forbidden {
-                retry_after: None,
-                ..
-            }
-        )
-    }
-
     /// How long the provider asked the client to wait (`Retry-After`), if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -149,8 +143,8 @@ impl ProviderError {
             ProviderError::Server { .. } => "server_error",
             ProviderError::Transport { .. } => "transport_error",
             ProviderError::UnexpectedResponse { .. } => "unexpected_response",
-            ProviderError::Unsupported { .. } => "unsupported",
             ProviderError::CodeRejected { .. } => "code_rejected",
+            ProviderError::Unsupported { .. } => "unsupported",
         }
     }
 
@@ -168,15 +162,30 @@ impl ProviderError {
     }
 
     /// Whether a failed *write* may nevertheless have been applied by the provider: the
-    /// request may have reached it before a transport failure or a 5xx. After a failed
-    /// create with this set, look the key pair up (list) before creating another.
+    /// request may have reached it before a transport failure or a 5xx, or the provider
+    /// answered 2xx (so it did the work) with a body the client could not use (cut off,
+    /// the wrong shape, no secret or id, oversized). After a failed create with this set,
+    /// look the key pair up (list) before creating another.
     pub fn may_have_committed(&self) -> bool {
         match self {
             ProviderError::Server { .. } | ProviderError::Transport { .. } => true,
-            // A success the client cannot read (cut off, wrong shape, missing fields).
             ProviderError::UnexpectedResponse { status, .. } => (200..300).contains(status),
             _ => false,
         }
+    }
+
+    /// Whether a 403 reads as "the user lacks permission" rather than as throttling: the
+    /// provider sent no `Retry-After` with it. Still retryable (the older ThreatWinds page
+    /// says 403 may be throttling without saying so); the controller uses this to name the
+    /// condition reason.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Forbidden {
+                retry_after: None,
+                ..
+            }
+        )
     }
 }
 
@@ -272,10 +281,80 @@ mod tests {
                 message: "x".into(),
                 excerpt: String::new(),
             },
+            ProviderError::CodeRejected {
+                message: "x".into(),
+                error_id: None,
+            },
             ProviderError::Unsupported { operation: "x" },
         ] {
             assert!(!terminal.is_retryable(), "{terminal:?}");
             assert!(!terminal.may_have_committed(), "{terminal:?}");
         }
+    }
+
+    fn unexpected(status: u16) -> ProviderError {
+        ProviderError::UnexpectedResponse {
+            status,
+            message: "threatwinds create: response does not match the documented shape".into(),
+            excerpt: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_undecodable_2xx_may_have_committed() {
+        // The provider did the work and answered success; only the body is unusable.
+        for status in [200, 201, 202, 204, 299] {
+            let e = unexpected(status);
+            assert!(e.may_have_committed(), "{status}");
+            assert!(!e.is_retryable(), "{status}");
+        }
+        // A status the docs never mention says nothing about a commit.
+        for status in [101, 199, 300, 302, 308] {
+            assert!(!unexpected(status).may_have_committed(), "{status}");
+        }
+    }
+
+    #[test]
+    fn code_rejected_is_terminal_and_names_its_class() {
+        let e = ProviderError::CodeRejected {
+            message: "threatwinds verify: HTTP 401: verification code not found".into(),
+            error_id: Some("39908d33".into()),
+        };
+        assert!(!e.is_retryable());
+        assert!(!e.may_have_committed());
+        assert!(!e.is_permission_denied());
+        assert_eq!(e.class(), "code_rejected");
+        assert_eq!(e.error_id(), Some("39908d33"));
+        assert_eq!(e.retry_after(), None);
+        assert_eq!(
+            e.to_string(),
+            "threatwinds verify: HTTP 401: verification code not found (error id 39908d33)"
+        );
+    }
+
+    #[test]
+    fn permission_denied_is_a_forbidden_without_retry_after() {
+        let forbidden = |retry_after| ProviderError::Forbidden {
+            message: "threatwinds create: HTTP 403: forbidden".into(),
+            error_id: None,
+            retry_after,
+        };
+        let denied = forbidden(None);
+        assert!(denied.is_permission_denied());
+        // Still retried: the older page says 403 may be throttling.
+        assert!(denied.is_retryable());
+        let throttled = forbidden(Some(Duration::from_secs(5)));
+        assert!(!throttled.is_permission_denied());
+        assert!(throttled.is_retryable());
+        let limited = ProviderError::RateLimited {
+            message: "x".into(),
+            retry_after: None,
+        };
+        assert!(!limited.is_permission_denied());
+        let unauthorized = ProviderError::Unauthorized {
+            message: "x".into(),
+            error_id: None,
+        };
+        assert!(!unauthorized.is_permission_denied());
     }
 }

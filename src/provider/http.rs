@@ -22,7 +22,8 @@ use url::Url;
 use zeroize::Zeroizing;
 
 /// Largest response body read; a provider answer is a few KiB, so more is a broken server.
-const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The sandbox's `oversized` fault sends more than this.
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Longest `Retry-After` honoured: a broken header must not park a resource for years.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
@@ -324,6 +325,16 @@ impl HttpLayer {
         &self,
         call: Call<'_>,
     ) -> Result<T, ProviderError> {
+        self.send_with_status(call).await.map(|(_, value)| value)
+    }
+
+    /// Like [`HttpLayer::send`], and also returns the 2xx status, so that a caller that
+    /// finds a decoded answer unusable (no secret, no id) can report the status it got:
+    /// a 2xx means a write was applied ([`ProviderError::may_have_committed`]).
+    pub(crate) async fn send_with_status<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+    ) -> Result<(u16, T), ProviderError> {
         let url = self.url(&call)?;
         let Call {
             op,
@@ -374,7 +385,7 @@ impl HttpLayer {
         } else {
             &body
         };
-        serde_json::from_slice::<T>(text).map_err(|e| ProviderError::UnexpectedResponse {
+        let value = serde_json::from_slice::<T>(text).map_err(|e| ProviderError::UnexpectedResponse {
             status: status.as_u16(),
             // Only the category and position: serde's own message quotes the offending
             // value, which may be a secret.
@@ -391,7 +402,8 @@ impl HttpLayer {
                 e.column()
             ),
             excerpt: redact::excerpt(&body, secrets),
-        })
+        })?;
+        Ok((status.as_u16(), value))
     }
 
     /// Reads the whole body into a buffer that is zeroed on drop (it may hold secrets).
@@ -1002,7 +1014,8 @@ mod tests {
                     }
                 }
             }
-            sock.write_all(response.as_bytes()).await.expect("write");
+            // The client may hang up before reading it all (an oversized body).
+            let _ = sock.write_all(response.as_bytes()).await;
             sock.shutdown().await.ok();
             String::from_utf8_lossy(&buf).to_string()
         });
@@ -1132,5 +1145,54 @@ mod tests {
                 .starts_with("threatwinds list: could not connect"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_2xx_body_may_have_committed() {
+        // Complete as sent, but the JSON stops halfway: an undecodable 2xx.
+        let half = r#"{"keyID":"k1","apiSecr"#;
+        let (url, _req) = canned(http_response("202 Accepted", &[], half)).await;
+        let call = Call::new("create", Method::POST, &["keypair"]);
+        let e = layer_at(&url).send::<Needs>(call).await.expect_err("half");
+        assert!(
+            matches!(e, ProviderError::UnexpectedResponse { status: 202, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("truncated body"), "{e}");
+        assert!(e.may_have_committed());
+
+        // The connection closes before Content-Length bytes arrived: Transport.
+        let mut short = http_response("200 OK", &[], r#"{"keyID":"k1"}"#);
+        short = short.replace("content-length: 14", "content-length: 400");
+        let (url, _req) = canned(short).await;
+        let call = Call::new("create", Method::POST, &["keypair"]);
+        let e = layer_at(&url).send::<Needs>(call).await.expect_err("short");
+        assert!(matches!(e, ProviderError::Transport { .. }), "{e:?}");
+        assert!(e.may_have_committed());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_2xx_body_reports_its_status() {
+        let body = format!(r#"{{"keyID":"k1","pad":"{}"}}"#, "x".repeat(MAX_BODY_BYTES));
+        let (url, _req) = canned(http_response("201 Created", &[], &body)).await;
+        let call = Call::new("create", Method::POST, &["keypair"]);
+        let e = layer_at(&url).send::<Needs>(call).await.expect_err("big");
+        assert!(
+            matches!(e, ProviderError::UnexpectedResponse { status: 201, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("larger than"), "{e}");
+        assert!(e.may_have_committed());
+    }
+
+    #[tokio::test]
+    async fn send_with_status_returns_the_2xx_status() {
+        let (url, _req) = canned(http_response("202 Accepted", &[], r#"{"keyID":"k1"}"#)).await;
+        let call = Call::new("create", Method::POST, &["keypair"]);
+        let (status, got) = layer_at(&url)
+            .send_with_status::<Needs>(call)
+            .await
+            .expect("202");
+        assert_eq!((status, got.key_id.as_str()), (202, "k1"));
     }
 }

@@ -19,6 +19,8 @@ pub use datonis::{
     TimestampFormat,
 };
 pub use error::ProviderError;
+/// The client's response-size limit, for the sandbox's `oversized` fault.
+pub(crate) use http::MAX_BODY_BYTES;
 pub use http::{HttpOptions, RateLimiter};
 pub use threatwinds::{SessionInfo, ThreatWindsClient};
 

@@ -124,17 +124,63 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     }
 }
 
+/// Masks, in text that is JSON-like but does not parse (a body cut off on the way), the
+/// string value of every secret-looking key, also one the cut left unterminated: a cut
+/// inside a secret leaves a run too short for [`mask_token_runs`] to catch.
+pub(crate) fn mask_secret_fields_in_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // The previous complete string, if only whitespace and `:` follow it.
+    let mut key: Option<&str> = None;
+    while let Some(open) = rest.find('"') {
+        let (between, string) = rest.split_at(open);
+        let secret_value = between.trim() == ":" && key.is_some_and(is_secret_key);
+        out.push_str(between);
+        out.push('"');
+        let string = &string[1..];
+        let Some(close) = string_end(string) else {
+            out.push_str(if secret_value { REDACTED } else { string });
+            return out;
+        };
+        out.push_str(if secret_value {
+            REDACTED
+        } else {
+            &string[..close]
+        });
+        out.push('"');
+        key = (!secret_value).then(|| &string[..close]);
+        rest = &string[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Byte index of the `"` closing a JSON string whose opening quote came just before.
+fn string_end(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// A short, secret-free excerpt of a response body for an error message.
 ///
-/// JSON bodies get secret-looking keys redacted; anything else gets token-like runs
-/// masked. Both also lose the secrets the client sent on this call.
+/// JSON bodies get secret-looking keys redacted; anything else gets the values of
+/// secret-looking keys (in cut-off JSON) and token-like runs masked. Both also lose the
+/// secrets the client sent on this call.
 pub(crate) fn excerpt(body: &[u8], known: &[&SecretString]) -> String {
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(mut v) => {
             redact_json(&mut v);
             v.to_string()
         }
-        Err(_) => mask_token_runs(&String::from_utf8_lossy(body)),
+        Err(_) => mask_token_runs(&mask_secret_fields_in_text(&String::from_utf8_lossy(body))),
     };
     let text = if text.trim().is_empty() {
         "<empty>".to_owned()
@@ -233,5 +279,21 @@ mod tests {
         // Known secrets are also removed from JSON excerpts under harmless keys.
         let e = excerpt(br#"{"error":"pa-ss-wo-rd"}"#, &[&known]);
         assert!(!e.contains("pa-ss-wo-rd"), "{e}");
+    }
+
+    #[test]
+    fn cut_off_json_loses_secret_values_even_when_cut_inside_one() {
+        // Cut 12 characters into the secret: too short a run to be masked as a token.
+        let body = r#"{"apiKey":"k1","note":"a \"q\" b","apiSecret" : "fq6JoEFTsxiX"#;
+        let e = excerpt(body.as_bytes(), &[]);
+        assert!(!e.contains("fq6JoEFTsxiX"), "{e}");
+        assert!(e.contains(r#""apiKey":"k1""#), "{e}");
+        assert!(e.contains(r#""apiSecret" : "[redacted]"#), "{e}");
+        let body = r#"{"secret_key":"abc123","access_key":"a1","#;
+        let e = excerpt(body.as_bytes(), &[]);
+        assert!(
+            !e.contains("abc123") && e.contains(r#""access_key":"a1""#),
+            "{e}"
+        );
     }
 }

@@ -15,6 +15,20 @@
 //! it); `PUT /session/extend`'s answer is read for `expireAt` and, failing that, the
 //! session is read again; `get` without a secret lists and matches `keyID`, and a check
 //! answered for another `keyID` than asked is `NotFound`.
+//!
+//! # Open points in the ThreatWinds docs
+//!
+//! | Open point | What the pages say | Handling here |
+//! |---|---|---|
+//! | Success status | current: 200; detailed: 202 | any 2xx is success; an unusable 2xx body is `UnexpectedResponse` with the real status, which [`ProviderError::may_have_committed`] counts as applied |
+//! | Where errors are | current: `x-error` / `x-error-id` headers; detailed: `{uuid, error}` body | both read on every response, headers first |
+//! | Path case | detailed spells `/KeyPair/verification` and `/KeyPair` once | always the lower-case paths both pages' curl examples use |
+//! | Delete path | `DELETE /keypair/{id}` (current, both examples) vs endpoint line `/keypair` (detailed) | `DELETE /keypair/{id}` |
+//! | 404 on a management call | unknown record, *or* expired / unverified session (detailed) | cross-checked with `GET /session`: `NotFound` only with a live, verified session, else `Unauthorized` |
+//! | 401 / 400 / 404 on verify | wrong code (401), unknown code id or dead session (404), bad `Authorization` (400) | cross-checked with `GET /session`: `CodeRejected` with a live, verified session; `Unauthorized` otherwise; a failed check's own (retryable) error is returned |
+//! | 403 | current: user lacks permission; detailed: may be throttling or a blocked IP | `Forbidden`, retried with back-off; [`ProviderError::is_permission_denied`] when there is no `Retry-After` |
+//! | `Bearer` on new code | the detailed page's new-code example sends the bare token; every other example `Bearer <token>` | `Bearer` first; on 401 / 400 once more with the bare token (a refusal commits nothing); the form that works is remembered by the client |
+//! | What an unverified key may do | "verify this keypair before you can use it"; the list and check show `verified: false` | until the check has once answered 200 for an unverified key, a 401 from it is looked up in the list: a key listed unverified is returned from the list (`verified: Some(false)`; its secret cannot be checked before verification), anything else stays `Unauthorized` (wrong secret) |
 
 use crate::provider::http::{Call, ErrorDialect, HttpLayer, HttpOptions};
 use crate::provider::{
@@ -27,6 +41,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Path of the auth v2 API below the host.
 const API_PATH: [&str; 3] = ["api", "auth", "v2"];
@@ -36,6 +52,19 @@ const API_PATH: [&str; 3] = ["api", "auth", "v2"];
 pub struct ThreatWindsClient {
     http: HttpLayer,
     session_token: SecretString,
+    /// What the server has shown about the docs' open points; shared by clones, so one
+    /// answer teaches every copy of the client.
+    learned: Arc<Learned>,
+}
+
+/// Readings of the docs' open points that the client learns from the server's answers.
+#[derive(Default)]
+struct Learned {
+    /// "New Verification Code" last worked with the bare token (no `Bearer ` prefix).
+    new_code_raw_auth: AtomicBool,
+    /// The check endpoint has answered 200 for an unverified key pair, so a 401 from it
+    /// is about the secret, never about the key being unverified.
+    check_answers_unverified: AtomicBool,
 }
 
 impl fmt::Debug for ThreatWindsClient {
@@ -179,6 +208,7 @@ impl ThreatWindsClient {
         Ok(ThreatWindsClient {
             http,
             session_token,
+            learned: Arc::default(),
         })
     }
 
@@ -192,28 +222,86 @@ impl ThreatWindsClient {
         Call::new(op, method, path).secret_header("authorization", "Bearer ", &self.session_token)
     }
 
+    /// A call authenticated with the bare session token (no `Bearer ` prefix), as the
+    /// detailed page's "New Verification Code" example sends it.
+    fn raw_token<'a>(
+        &'a self,
+        op: &'static str,
+        method: Method,
+        path: &[&'a str],
+    ) -> Result<Call<'a>, ProviderError> {
+        Call::new(op, method, path).secret_header("authorization", "", &self.session_token)
+    }
+
     /// Sends a bearer call. ThreatWinds answers 404 "record not found" both for an unknown
     /// key pair or code *and* for a session that has expired or is not verified (detailed
     /// page). Taking the second for the first would make the controller count a delete as
     /// done with a dead session, so a 404 is cross-checked with `GET /session` and becomes
     /// `Unauthorized` when the session is the problem.
     async fn send_bearer<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<T, ProviderError> {
-        match self.http.send(call).await {
-            Err(ProviderError::NotFound { message, error_id }) => Err(match self.session().await {
-                Ok(s) if s.verified => ProviderError::NotFound { message, error_id },
-                Ok(_) => ProviderError::Unauthorized {
-                    message: format!("{message} (the session is not verified)"),
-                    error_id,
-                },
-                Err(ProviderError::Unauthorized { .. }) => ProviderError::Unauthorized {
-                    message: format!("{message} (the session has expired or is unknown)"),
-                    error_id,
-                },
-                // The session could not be checked: a retryable error keeps the caller
-                // from acting on an ambiguous 404.
-                Err(other) => other,
-            }),
+        self.send_bearer_with_status(call).await.map(|(_, v)| v)
+    }
+
+    /// [`Self::send_bearer`], also returning the 2xx status (for `UnexpectedResponse`).
+    async fn send_bearer_with_status<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+    ) -> Result<(u16, T), ProviderError> {
+        match self.http.send_with_status(call).await {
+            Err(e @ ProviderError::NotFound { .. }) => Err(self.explain_not_found(e).await),
             other => other,
+        }
+    }
+
+    /// A 404 stays `NotFound` only when `GET /session` shows a live, verified session.
+    async fn explain_not_found(&self, e: ProviderError) -> ProviderError {
+        let ProviderError::NotFound { message, error_id } = e else {
+            return e;
+        };
+        match self.session().await {
+            Ok(s) if s.verified => ProviderError::NotFound { message, error_id },
+            Ok(_) => ProviderError::Unauthorized {
+                message: format!("{message} (the session is not verified)"),
+                error_id,
+            },
+            Err(ProviderError::Unauthorized { .. }) => ProviderError::Unauthorized {
+                message: format!("{message} (the session has expired or is unknown)"),
+                error_id,
+            },
+            // The session could not be checked: a retryable error keeps the caller
+            // from acting on an ambiguous 404.
+            Err(other) => other,
+        }
+    }
+
+    /// Decides what a refused verification (401, 400 or 404) means. The detailed page
+    /// gives each of them for a wrong code *and* for a dead session or a bad
+    /// `Authorization` header, so only a session that `GET /session` shows alive and
+    /// verified makes it [`ProviderError::CodeRejected`]; a dead or unverified session is
+    /// `Unauthorized` (the code may be fine), and a session check that fails otherwise is
+    /// returned as is, so a retryable one makes the caller submit the code again later.
+    async fn explain_refused_code(
+        &self,
+        message: String,
+        error_id: Option<String>,
+    ) -> ProviderError {
+        match self.session().await {
+            Ok(s) if s.verified => ProviderError::CodeRejected { message, error_id },
+            Ok(_) => ProviderError::Unauthorized {
+                message: format!(
+                    "{message} (the session is not verified, so the code may not be at fault)"
+                ),
+                error_id,
+            },
+            Err(ProviderError::Unauthorized { .. } | ProviderError::BadRequest { .. }) => {
+                ProviderError::Unauthorized {
+                    message: format!(
+                        "{message} (the session has expired or is unknown, so the code may not be at fault)"
+                    ),
+                    error_id,
+                }
+            }
+            Err(other) => other,
         }
     }
 
@@ -257,17 +345,114 @@ impl ThreatWindsClient {
 
     /// `GET /keypairs`.
     async fn list_keys(&self, op: &'static str) -> Result<Vec<RemoteKeyPair>, ProviderError> {
-        let w: ListWire = self
-            .send_bearer(self.bearer(op, Method::GET, &["keypairs"])?)
+        let (status, w): (u16, ListWire) = self
+            .send_bearer_with_status(self.bearer(op, Method::GET, &["keypairs"])?)
             .await?;
-        w.keys.into_iter().map(|k| remote(op, k)).collect()
+        w.keys.into_iter().map(|k| remote(op, status, k)).collect()
+    }
+
+    /// The list's entry for `key_id`, or `NotFound`.
+    async fn listed(&self, op: &'static str, key_id: &str) -> Result<RemoteKeyPair, ProviderError> {
+        require_id(op, "key id", key_id)?;
+        self.list_keys(op)
+            .await?
+            .into_iter()
+            .find(|k| k.key_id == key_id)
+            .ok_or_else(|| ProviderError::NotFound {
+                message: format!(
+                    "threatwinds {op}: key pair {key_id} is not in the account's list"
+                ),
+                error_id: None,
+            })
+    }
+
+    /// A 401 from the check endpoint means a wrong secret, or (one reading of "verify
+    /// this keypair before you can use it") an unverified key. Once the server has
+    /// answered a check of an unverified key, it is the first. Until then the list tells
+    /// them apart: a key it shows unverified is reported from the list (its secret cannot
+    /// be checked until the key is verified); otherwise the 401 stands. A list that fails
+    /// with a retryable error is returned instead, so the caller does not act on the
+    /// ambiguity.
+    async fn explain_check_refusal(
+        &self,
+        op: &'static str,
+        key_id: &str,
+        refusal: ProviderError,
+    ) -> Result<RemoteKeyPair, ProviderError> {
+        let learned = self
+            .learned
+            .check_answers_unverified
+            .load(Ordering::Relaxed);
+        if learned || key_id.trim().is_empty() {
+            return Err(refusal);
+        }
+        match self.listed(op, key_id).await {
+            Ok(k) if k.verified == Some(false) => Ok(k),
+            Err(e) if e.is_retryable() => Err(e),
+            _ => Err(refusal),
+        }
+    }
+
+    /// One "New Verification Code" attempt with the bare or the `Bearer` token form.
+    async fn send_new_code(
+        &self,
+        raw: bool,
+        api_key: &str,
+        api_secret: &SecretString,
+    ) -> Result<(u16, NewCodeWire), ProviderError> {
+        let (op, path) = ("new code", ["keypair", "verification"]);
+        let call = if raw {
+            self.raw_token(op, Method::POST, &path)?
+        } else {
+            self.bearer(op, Method::POST, &path)?
+        };
+        let call = call
+            .json(&NewCodeBody {
+                api_key,
+                api_secret: api_secret.expose_secret(),
+            })?
+            .secret(api_secret);
+        self.http.send_with_status(call).await
+    }
+
+    /// "New Verification Code" in the token form that last worked, falling back once to
+    /// the other form on 401 or 400 (an `Authorization` header the server did not take;
+    /// a refused request committed nothing, so repeating it is safe). The form that
+    /// works is remembered. When both are refused, the first answer is reported.
+    async fn send_new_code_either_form(
+        &self,
+        api_key: &str,
+        api_secret: &SecretString,
+    ) -> Result<(u16, NewCodeWire), ProviderError> {
+        let raw = self.learned.new_code_raw_auth.load(Ordering::Relaxed);
+        let first = match self.send_new_code(raw, api_key, api_secret).await {
+            Err(e @ (ProviderError::Unauthorized { .. } | ProviderError::BadRequest { .. })) => e,
+            other => return other,
+        };
+        tracing::debug!(
+            raw,
+            "threatwinds new code: token form refused; trying the other"
+        );
+        match self.send_new_code(!raw, api_key, api_secret).await {
+            Ok(answer) => {
+                self.learned
+                    .new_code_raw_auth
+                    .store(!raw, Ordering::Relaxed);
+                Ok(answer)
+            }
+            Err(ProviderError::Unauthorized { .. } | ProviderError::BadRequest { .. }) => {
+                Err(first)
+            }
+            Err(other) => Err(other),
+        }
     }
 }
 
 /// Provider-neutral view of a wire key pair; a key pair without `keyID` is not usable.
-fn remote(op: &'static str, w: KeyPairWire) -> Result<RemoteKeyPair, ProviderError> {
+/// `status` is the 2xx it came with, reported if it cannot be used.
+fn remote(op: &'static str, status: u16, w: KeyPairWire) -> Result<RemoteKeyPair, ProviderError> {
     let key_id = w.key_id.ok_or_else(|| ProviderError::UnexpectedResponse {
-        status: 200,
+        status,
         message: format!("threatwinds {op}: key pair without keyID"),
         excerpt: String::new(),
     })?;
@@ -321,10 +506,10 @@ impl KeyPairApi for ThreatWindsClient {
                 name: &req.name,
                 days: req.validity_days,
             })?;
-        let mut w: KeyPairWire = self.send_bearer(call).await?;
+        let (status, mut w): (u16, KeyPairWire) = self.send_bearer_with_status(call).await?;
         let Some(api_secret) = w.api_secret.take() else {
             return Err(ProviderError::UnexpectedResponse {
-                status: 200,
+                status,
                 message: format!(
                     "threatwinds {op}: answer has no apiSecret; the key pair may exist without a usable secret"
                 ),
@@ -332,7 +517,7 @@ impl KeyPairApi for ThreatWindsClient {
             });
         };
         let verification_code_id = w.verification_code_id.take();
-        let mut key = remote(op, w)?;
+        let mut key = remote(op, status, w)?;
         if key.name.is_none() {
             key.name = Some(req.name.clone());
         }
@@ -347,25 +532,23 @@ impl KeyPairApi for ThreatWindsClient {
         let op = "get";
         let Some(secret) = &lookup.api_secret else {
             // The check endpoint needs the secret; without it the list is the only view.
-            require_id(op, "key id", &lookup.key_id)?;
-            return self
-                .list_keys(op)
-                .await?
-                .into_iter()
-                .find(|k| k.key_id == lookup.key_id)
-                .ok_or_else(|| ProviderError::NotFound {
-                    message: format!(
-                        "threatwinds {op}: key pair {} is not in the account's list",
-                        lookup.key_id
-                    ),
-                    error_id: None,
-                });
+            return self.listed(op, &lookup.key_id).await;
         };
         let call = Call::new(op, Method::GET, &["keypair"])
             .header("api-key", &lookup.api_key)?
             .secret_header("api-secret", "", secret)?;
-        let w: KeyPairWire = self.http.send(call).await?;
-        let key = remote(op, w)?;
+        let (status, w): (u16, KeyPairWire) = match self.http.send_with_status(call).await {
+            Err(e @ ProviderError::Unauthorized { .. }) => {
+                return self.explain_check_refusal(op, &lookup.key_id, e).await;
+            }
+            other => other?,
+        };
+        let key = remote(op, status, w)?;
+        if key.verified == Some(false) {
+            self.learned
+                .check_answers_unverified
+                .store(true, Ordering::Relaxed);
+        }
         if !lookup.key_id.is_empty() && key.key_id != lookup.key_id {
             // The secret belongs to some other key pair: ours is not what answered.
             return Err(ProviderError::NotFound {
@@ -406,8 +589,15 @@ impl KeyPairApi for ThreatWindsClient {
                 code: code.expose_secret(),
             })?
             .secret(code);
-        let _: IgnoredAny = self.send_bearer(call).await?;
-        Ok(())
+        match self.http.send::<IgnoredAny>(call).await {
+            Ok(_) => Ok(()),
+            Err(
+                ProviderError::Unauthorized { message, error_id }
+                | ProviderError::BadRequest { message, error_id }
+                | ProviderError::NotFound { message, error_id },
+            ) => Err(self.explain_refused_code(message, error_id).await),
+            Err(other) => Err(other),
+        }
     }
 
     async fn request_new_code(
@@ -416,17 +606,15 @@ impl KeyPairApi for ThreatWindsClient {
         api_secret: &SecretString,
     ) -> Result<String, ProviderError> {
         let op = "new code";
-        let call = self
-            .bearer(op, Method::POST, &["keypair", "verification"])?
-            .json(&NewCodeBody {
-                api_key,
-                api_secret: api_secret.expose_secret(),
-            })?
-            .secret(api_secret);
-        let w: NewCodeWire = self.send_bearer(call).await?;
+        require_id(op, "api key", api_key)?;
+        let (status, w) = match self.send_new_code_either_form(api_key, api_secret).await {
+            Err(e @ ProviderError::NotFound { .. }) => return Err(self.explain_not_found(e).await),
+            other => other?,
+        };
+        // A 2xx means a code was e-mailed, so a missing id is reported with that status.
         w.verification_code_id
             .ok_or_else(|| ProviderError::UnexpectedResponse {
-                status: 200,
+                status,
                 message: format!("threatwinds {op}: answer has no verificationCodeID"),
                 excerpt: String::new(),
             })
@@ -460,7 +648,7 @@ mod tests {
         let api_secret = w.api_secret.take().expect("secret");
         let verification_code_id = w.verification_code_id.take();
         let created = CreatedKeyPair {
-            key: remote("create", w).expect("remote"),
+            key: remote("create", 202, w).expect("remote"),
             api_secret,
             verification_code_id,
         };
@@ -483,9 +671,21 @@ mod tests {
             r#"{"keys":[{"apiKey":"a","keyID":"1","keyName":"n","expireAt":"1674492894","verified":"true"}]}"#,
         )
         .expect("decode");
-        let k = remote("list", w.keys.into_iter().next().expect("one")).expect("remote");
+        let k = remote("list", 200, w.keys.into_iter().next().expect("one")).expect("remote");
         assert_eq!(k.verified, Some(true));
         assert_eq!(k.expire_at.map(|d| d.timestamp()), Some(1674492894));
+    }
+
+    #[test]
+    fn a_key_pair_without_key_id_reports_the_2xx_it_came_with() {
+        let w: KeyPairWire =
+            serde_json::from_str(r#"{"keyID":null,"apiKey":"a"}"#).expect("decode");
+        let e = remote("create", 202, w).expect_err("no keyID");
+        assert!(
+            matches!(e, ProviderError::UnexpectedResponse { status: 202, .. }),
+            "{e:?}"
+        );
+        assert!(e.may_have_committed());
     }
 
     #[test]

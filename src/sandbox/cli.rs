@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::{
     DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DEFAULT_DATONIS_ROLES, DEFAULT_SESSION_TOKEN,
-    Dialect, SandboxConfig, SandboxError, SandboxProvider,
+    Dialect, NewCodeAuth, PathCase, SandboxConfig, SandboxError, SandboxProvider,
+    ThreatWindsReadings, UnverifiedCheck, VerifyAuth,
 };
 
 /// Arguments of `keypair-operator sandbox`: serve a fake-but-faithful provider API.
@@ -55,6 +56,22 @@ pub struct SandboxArgs {
     /// Load state from this file at start and persist it there after every change.
     #[arg(long, value_name = "PATH")]
     pub state_file: Option<PathBuf>,
+    /// ThreatWinds "New Verification Code" `Authorization` form: `bearer` (`Bearer <token>`
+    /// only), `raw` (the bare token only, as the detailed page's example) or `either`.
+    #[arg(long, value_enum, default_value_t = NewCodeAuth::Either)]
+    pub new_code_auth: NewCodeAuth,
+    /// ThreatWinds check (`GET /keypair`) of an unverified key pair: `allowed` (200,
+    /// `verified: false`) or `unauthorized` (401).
+    #[arg(long, value_enum, default_value_t = UnverifiedCheck::Allowed)]
+    pub unverified_check: UnverifiedCheck,
+    /// ThreatWinds route literals: `any-case` (`/KeyPair/verification` works) or
+    /// `lowercase` (only `/keypair/...`).
+    #[arg(long, value_enum, default_value_t = PathCase::AnyCase)]
+    pub path_case: PathCase,
+    /// ThreatWinds `PUT /keypair/verification`: `ignored` (no session needed) or `session`
+    /// (a verified session owning the key).
+    #[arg(long, value_enum, default_value_t = VerifyAuth::Ignored)]
+    pub verify_auth: VerifyAuth,
 }
 
 impl SandboxArgs {
@@ -119,6 +136,12 @@ impl SandboxArgs {
             utc_offset_minutes: self.utc_offset_minutes,
             roles,
             state_file: self.state_file,
+            threatwinds_readings: ThreatWindsReadings {
+                new_code_auth: self.new_code_auth,
+                unverified_check: self.unverified_check,
+                path_case: self.path_case,
+                verify_auth: self.verify_auth,
+            },
         };
         Ok((config, self.listen))
     }

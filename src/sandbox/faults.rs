@@ -13,6 +13,13 @@
 //! the connection without a complete response (in practice before the status line is
 //! flushed), so the client sees a connection error (or a body error if the head had already
 //! gone out) — never a usable answer.
+//!
+//! The other commit-then-fail modes also create and persist the key pair, then answer the
+//! success status with a body the client cannot use: `truncated` (the first half of the
+//! JSON), `wrong_shape` (`{"unexpected":1}`), `missing_secret` (no `apiSecret` /
+//! `secret_key`), `missing_key_id` (no `keyID`; for Datonis neither `key_pair_key` nor
+//! `access_key`, since a client may take one for the other, as the docs show them equal) and
+//! `oversized` (the JSON followed by spaces past the operator client's response limit).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +31,12 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::SandboxProvider;
 use super::http::{ApiError, Dropped};
 use super::state::{Shared, lock};
+use crate::provider::MAX_BODY_BYTES;
 
 /// Longest latency `PUT /_sandbox/faults` accepts, so a typo cannot hang a test run.
 const MAX_LATENCY_MS: u64 = 300_000;
@@ -94,14 +103,26 @@ impl FaultConfig {
     }
 }
 
-/// How a committed create fails.
+/// How a committed create fails (JSON names in `snake_case`: `status500`, `drop`,
+/// `truncated`, `wrong_shape`, `missing_secret`, `missing_key_id`, `oversized`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum CommitThenFail {
     /// Answer 500 (in the provider's error format) after creating the key pair.
     Status500,
     /// Break the response after creating the key pair (see the module docs).
     Drop,
+    /// Answer the success status with the first half of the JSON body.
+    Truncated,
+    /// Answer the success status with `{"unexpected":1}`.
+    WrongShape,
+    /// Answer the success status without the secret (`apiSecret` / `secret_key`).
+    MissingSecret,
+    /// Answer the success status without the key's id (`keyID`; Datonis `key_pair_key`
+    /// and `access_key`).
+    MissingKeyId,
+    /// Answer the success status with a body larger than the operator client reads.
+    Oversized,
 }
 
 /// Live fault settings and their counters.
@@ -243,6 +264,72 @@ pub(crate) async fn inject(
                 .into_response()
         }
         Some(CommitThenFail::Drop) => broken(response),
+        Some(mode) => spoiled(provider, mode, response).await,
+    }
+}
+
+/// Keeps the status and headers of a successful `response` but replaces its body by one
+/// the client cannot use, as `mode` says.
+async fn spoiled(provider: SandboxProvider, mode: CommitThenFail, response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    // The handlers' answers are small JSON objects; nothing near this limit.
+    let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+            .into_response();
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(spoil(provider, mode, &bytes)))
+}
+
+/// The unusable body `mode` makes of a create's JSON answer `body`.
+fn spoil(provider: SandboxProvider, mode: CommitThenFail, body: &[u8]) -> Vec<u8> {
+    match mode {
+        CommitThenFail::Truncated => body[..body.len() / 2].to_vec(),
+        CommitThenFail::WrongShape => br#"{"unexpected":1}"#.to_vec(),
+        CommitThenFail::MissingSecret => without(body, secret_fields(provider)),
+        CommitThenFail::MissingKeyId => without(body, key_id_fields(provider)),
+        CommitThenFail::Oversized => {
+            // Valid JSON still (trailing whitespace): only the size is wrong.
+            let mut big = body.to_vec();
+            big.resize(body.len() + MAX_BODY_BYTES + 1, b' ');
+            big
+        }
+        CommitThenFail::Status500 | CommitThenFail::Drop => body.to_vec(),
+    }
+}
+
+fn secret_fields(provider: SandboxProvider) -> &'static [&'static str] {
+    match provider {
+        SandboxProvider::Threatwinds => &["apiSecret"],
+        SandboxProvider::Datonis => &["secret_key"],
+    }
+}
+
+fn key_id_fields(provider: SandboxProvider) -> &'static [&'static str] {
+    match provider {
+        SandboxProvider::Threatwinds => &["keyID"],
+        SandboxProvider::Datonis => &["key_pair_key", "access_key"],
+    }
+}
+
+/// `body` re-encoded without `fields`, at any depth (Datonis nests them in `key_pair`).
+fn without(body: &[u8], fields: &[&str]) -> Vec<u8> {
+    fn strip(value: &mut Value, fields: &[&str]) {
+        match value {
+            Value::Object(map) => {
+                map.retain(|name, _| !fields.contains(&name.as_str()));
+                map.values_mut().for_each(|v| strip(v, fields));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| strip(v, fields)),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut value) => {
+            strip(&mut value, fields);
+            serde_json::to_vec(&value).unwrap_or_default()
+        }
+        Err(_) => body.to_vec(),
     }
 }
 
@@ -269,4 +356,101 @@ fn broken(response: Response) -> Response {
         ))
     }));
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tw_body() -> Vec<u8> {
+        json!({"apiKey": "k", "apiSecret": "s3cret", "keyID": "id1", "verified": false})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn parsed(body: &[u8]) -> Value {
+        serde_json::from_slice(body).expect("json")
+    }
+
+    #[test]
+    fn spoiled_bodies_lose_what_the_mode_says() {
+        let tw = SandboxProvider::Threatwinds;
+        let body = tw_body();
+        let cut = spoil(tw, CommitThenFail::Truncated, &body);
+        assert_eq!(cut, body[..body.len() / 2]);
+        assert!(serde_json::from_slice::<Value>(&cut).is_err());
+        assert_eq!(
+            parsed(&spoil(tw, CommitThenFail::WrongShape, &body)),
+            json!({"unexpected": 1})
+        );
+        let v = parsed(&spoil(tw, CommitThenFail::MissingSecret, &body));
+        assert!(v.get("apiSecret").is_none() && v["keyID"] == "id1", "{v}");
+        let v = parsed(&spoil(tw, CommitThenFail::MissingKeyId, &body));
+        assert!(
+            v.get("keyID").is_none() && v["apiSecret"] == "s3cret",
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn datonis_fields_are_removed_inside_key_pair() {
+        let dt = SandboxProvider::Datonis;
+        let body = json!({"key_pair": {"key_pair_key": "a", "access_key": "a", "secret_key": "s"}})
+            .to_string()
+            .into_bytes();
+        let v = parsed(&spoil(dt, CommitThenFail::MissingSecret, &body));
+        assert_eq!(
+            v,
+            json!({"key_pair": {"key_pair_key": "a", "access_key": "a"}})
+        );
+        let v = parsed(&spoil(dt, CommitThenFail::MissingKeyId, &body));
+        assert_eq!(v, json!({"key_pair": {"secret_key": "s"}}));
+    }
+
+    #[test]
+    fn oversized_is_valid_json_past_the_client_limit() {
+        let body = tw_body();
+        let big = spoil(
+            SandboxProvider::Threatwinds,
+            CommitThenFail::Oversized,
+            &body,
+        );
+        assert!(big.len() > MAX_BODY_BYTES);
+        assert_eq!(parsed(&big), parsed(&body));
+    }
+
+    #[test]
+    fn commit_then_fail_names_keep_their_json_spelling() {
+        for (mode, name) in [
+            (CommitThenFail::Status500, "status500"),
+            (CommitThenFail::Drop, "drop"),
+            (CommitThenFail::Truncated, "truncated"),
+            (CommitThenFail::WrongShape, "wrong_shape"),
+            (CommitThenFail::MissingSecret, "missing_secret"),
+            (CommitThenFail::MissingKeyId, "missing_key_id"),
+            (CommitThenFail::Oversized, "oversized"),
+        ] {
+            assert_eq!(serde_json::to_value(mode).expect("ser"), json!(name));
+        }
+    }
+
+    #[test]
+    fn the_counter_limits_every_mode() {
+        let mut state = FaultState::default();
+        state.set(FaultConfig {
+            commit_then_fail: Some(CommitThenFail::MissingSecret),
+            commit_then_fail_count: Some(2),
+            ..FaultConfig::default()
+        });
+        assert_eq!(
+            state.take_commit_then_fail(),
+            Some(CommitThenFail::MissingSecret)
+        );
+        assert_eq!(
+            state.take_commit_then_fail(),
+            Some(CommitThenFail::MissingSecret)
+        );
+        assert_eq!(state.take_commit_then_fail(), None);
+    }
 }

@@ -128,18 +128,25 @@ pub(crate) fn json_response(status: StatusCode, value: &Value, pretty: bool) -> 
     }
 }
 
+/// Marks a request whose path had a route literal written in another case (e.g.
+/// `/KeyPair`), so a strict reading can refuse it after routing has been made to work.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CaseFolded;
+
 /// Rewrites a request path before routing: empty segments (`//`, a trailing `/`) are dropped
 /// and segments equal to a route literal ignoring ASCII case are spelled as the literal, so
 /// `/api/auth/v2/KeyPair/verification` reaches `/api/auth/v2/keypair/verification` while
-/// ids keep their case.
+/// ids keep their case. A request whose case was changed is marked [`CaseFolded`].
 pub(crate) fn normalize_path(literals: &[&str], mut req: Request) -> Request {
     let path = req.uri().path();
     let mut normalized = String::with_capacity(path.len());
+    let mut folded = false;
     for segment in path.split('/').filter(|segment| !segment.is_empty()) {
         normalized.push('/');
         let literal = literals
             .iter()
             .find(|literal| literal.eq_ignore_ascii_case(segment));
+        folded |= literal.is_some_and(|literal| *literal != segment);
         normalized.push_str(literal.copied().unwrap_or(segment));
     }
     if normalized.is_empty() {
@@ -147,6 +154,9 @@ pub(crate) fn normalize_path(literals: &[&str], mut req: Request) -> Request {
     }
     if normalized == path {
         return req;
+    }
+    if folded {
+        req.extensions_mut().insert(CaseFolded);
     }
     let path_and_query = match req.uri().query() {
         Some(query) => format!("{normalized}?{query}"),
@@ -173,7 +183,14 @@ pub(crate) async fn render(
 ) -> Response {
     let provider = shared.config.provider;
     let dialect = shared.config.dialect;
-    let response = next.run(req).await;
+    let refusal = match provider {
+        SandboxProvider::Threatwinds => shared.config.threatwinds_readings.refuse(&req),
+        SandboxProvider::Datonis => None,
+    };
+    let response = match refusal {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(req).await,
+    };
     let status = response.status();
     if !status.is_client_error() && !status.is_server_error() {
         return match provider {

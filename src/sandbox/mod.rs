@@ -14,6 +14,8 @@
 //! - `control`: the `/_sandbox/...` endpoints (outbox, keys, stats, faults, health).
 //! - `state`: the shared state, its lock discipline and the state-file persistence.
 //! - `cli`: [`SandboxArgs`] and its value parsers.
+//! - `tw_readings`: [`ThreatWindsReadings`], the ThreatWinds sandbox's lenient or strict
+//!   reading of each point the two documentation pages leave open.
 //!
 //! Request path through the server: path normalisation (before routing) → routing →
 //! statistics → dialect rendering → fault injection → provider handler. The control endpoints
@@ -26,6 +28,7 @@ mod faults;
 mod http;
 mod state;
 mod threatwinds;
+mod tw_readings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use cli::SandboxArgs;
 pub use control::SandboxStats;
 pub use faults::{CommitThenFail, FaultConfig};
+pub use tw_readings::{NewCodeAuth, PathCase, ThreatWindsReadings, UnverifiedCheck, VerifyAuth};
 
 use state::{Shared, State};
 
@@ -120,6 +124,8 @@ pub struct SandboxConfig {
     pub roles: Vec<(String, String)>,
     /// Where state is loaded from at start and persisted to after each mutation.
     pub state_file: Option<PathBuf>,
+    /// ThreatWinds: how the points the docs leave open are read (default: lenient).
+    pub threatwinds_readings: ThreatWindsReadings,
 }
 
 impl SandboxConfig {
@@ -143,6 +149,7 @@ impl SandboxConfig {
                 .map(|(key, name)| ((*key).to_owned(), (*name).to_owned()))
                 .collect(),
             state_file: None,
+            threatwinds_readings: ThreatWindsReadings::default(),
         }
     }
 

@@ -6,7 +6,13 @@
 //!   `x-error-id` headers and an empty body (current), or a `{"uuid", "error"}` JSON body
 //!   (detailed); either way every error has a fresh UUID. Both dialects serve every
 //!   endpoint, including "New Verification Code" (documented only on the detailed page).
-//! - Path case: route literals match ignoring case in both dialects (`/KeyPair/verification`).
+//! - Readings ([`ThreatWindsReadings`], `SandboxConfig::threatwinds_readings`): where the
+//!   docs leave a server's behaviour open, each point can be read leniently (the default,
+//!   described below) or strictly: "New Verification Code" with `Bearer` only or the bare
+//!   token only; a check of an unverified key answered 401; lower-case paths only; a
+//!   session needed to submit a key's code.
+//! - Path case: route literals match ignoring case in both dialects (`/KeyPair/verification`);
+//!   with `path_case: lowercase` any other spelling is an unknown path (404).
 //! - Session auth on management calls: no `Authorization` header → 401; a header that is
 //!   neither `Bearer <token>` nor a bare token (the docs' "New Verification Code" example sends
 //!   the token without `Bearer`) → 400 "incorrect authorization header"; unknown token → 401;
@@ -15,10 +21,16 @@
 //!   `GET /session` and `DELETE /session/{id}` also accept an unverified session.
 //! - Key check (`GET /keypair`): a missing `api-key`/`api-secret` header → 400, unknown key →
 //!   404, wrong secret → 401, expired key → 404 (secret checked first). An unverified key
-//!   answers 200 with `verified: false`.
+//!   answers 200 with `verified: false` (`unverified_check: unauthorized`: 401 "keypair not
+//!   verified").
+//! - "New Verification Code" `Authorization`: either form (`new_code_auth: either`); with
+//!   `bearer` a bare token is 400 "incorrect authorization header", with `raw` a
+//!   `Bearer <token>` value is looked up whole, so it is an unknown token (401).
 //! - Verification codes: six digits, valid for `code_ttl`, single use; a new code for a key
 //!   invalidates its older ones. `PUT .../verification` needs no `Authorization` (the detailed
-//!   page's example sends none; a header that is sent is ignored): unknown, used or
+//!   page's example sends none; a header that is sent is ignored; with `verify_auth:
+//!   session` it needs a verified session of the key's owner, checked like every management
+//!   call, and another user's code is 404): unknown, used or
 //!   other-purpose code id → 404 "record not found"; wrong code → 401 "verification code
 //!   not found" (detailed page); expired code → 401 "verification code expired" (it is
 //!   equally a code that cannot be accepted). A code whose session or key has expired or
@@ -54,8 +66,8 @@ use serde_json::{Map, Value, json};
 use super::http::{ApiError, json_object, optional_json_object};
 use super::state::{Shared, add_ms, new_id, now_ms, random_alphanumeric, random_code};
 use super::{
-    CodePurpose, DEFAULT_THREATWINDS_EMAIL, Dialect, OutboxEmail, SandboxConfig, SandboxKey,
-    SandboxProvider,
+    CodePurpose, DEFAULT_THREATWINDS_EMAIL, Dialect, NewCodeAuth, OutboxEmail, SandboxConfig,
+    SandboxKey, SandboxProvider, ThreatWindsReadings, UnverifiedCheck, VerifyAuth,
 };
 
 /// Route literals, matched ignoring case (see `http::normalize_path`).
@@ -387,6 +399,21 @@ fn bearer_token(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(token.to_owned())
 }
 
+/// The session token of a "New Verification Code" call under the configured reading.
+fn new_code_token(headers: &HeaderMap, mode: NewCodeAuth) -> Result<String, ApiError> {
+    let token = bearer_token(headers)?;
+    let value = header_value(headers, AUTHORIZATION.as_str()).unwrap_or_default();
+    let had_prefix = value.contains(char::is_whitespace);
+    match (mode, had_prefix) {
+        (NewCodeAuth::Bearer, false) => {
+            Err(ApiError::bad_request("incorrect authorization header"))
+        }
+        // The whole value is the token, and no token has a space in it.
+        (NewCodeAuth::Raw, true) => Err(ApiError::unauthorized("invalid session")),
+        _ => Ok(token),
+    }
+}
+
 fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
     let value = headers.get(name)?.to_str().ok()?.trim();
     (!value.is_empty()).then(|| value.to_owned())
@@ -618,6 +645,7 @@ async fn check_keypair(State(shared): State<Arc<Shared>>, headers: HeaderMap) ->
     let api_secret = header_value(&headers, "api-secret")
         .ok_or_else(|| ApiError::bad_request("incorrect apiSecret"))?;
     let now = now_ms();
+    let readings = shared.config.threatwinds_readings;
     shared.read(|state| {
         let tw = &state.threatwinds;
         let key = tw
@@ -630,6 +658,9 @@ async fn check_keypair(State(shared): State<Arc<Shared>>, headers: HeaderMap) ->
         }
         if key.expire_at <= secs(now) {
             return Err(record_not_found());
+        }
+        if !key.verified && readings.unverified_check == UnverifiedCheck::Unauthorized {
+            return Err(ApiError::unauthorized("keypair not verified"));
         }
         let user = tw.users.get(&key.owner).ok_or_else(record_not_found)?;
         Ok(Json(json!({
@@ -726,19 +757,42 @@ async fn delete_key(
         .await
 }
 
-async fn verify_keypair(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult {
-    let request = json_object(&body)?;
-    let code_id = string_field(&request, "verificationCodeID")?;
-    let code = string_field(&request, "code")?;
+/// The session token `PUT /keypair/verification` needs under the configured reading.
+fn verify_token(
+    readings: &ThreatWindsReadings,
+    headers: &HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    match readings.verify_auth {
+        VerifyAuth::Ignored => Ok(None),
+        VerifyAuth::Session => bearer_token(headers).map(Some),
+    }
+}
+
+async fn verify_keypair(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let token = verify_token(&shared.config.threatwinds_readings, &headers)?;
+    let request = json_object(&body);
     let now = now_ms();
     shared
         .mutate(|state| {
             let tw = &mut state.threatwinds;
+            // Authentication first, then the body, as for every management call.
+            let owner = match &token {
+                Some(token) => Some(tw.session(token, now, Need::Verified)?.email.clone()),
+                None => None,
+            };
+            let request = request?;
+            let code_id = string_field(&request, "verificationCodeID")?;
+            let code = string_field(&request, "code")?;
             let key_id = tw.check_code(CodePurpose::Keypair, &code_id, &code, now)?;
             let key = tw
                 .keys
                 .get_mut(&key_id)
                 .filter(|key| key.expire_at > secs(now))
+                .filter(|key| owner.as_ref().is_none_or(|owner| &key.owner == owner))
                 .ok_or_else(record_not_found)?;
             key.verified = true;
             key.updated_at = secs(now);
@@ -753,7 +807,7 @@ async fn new_verification_code(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let token = bearer_token(&headers)?;
+    let token = new_code_token(&headers, shared.config.threatwinds_readings.new_code_auth)?;
     let request = json_object(&body);
     let now = now_ms();
     let code_ttl = shared.config.code_ttl;
