@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use super::{
     DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DEFAULT_DATONIS_ROLES, DEFAULT_SESSION_TOKEN,
-    Dialect, SandboxConfig, SandboxError, SandboxProvider,
+    DatonisReadings, Dialect, EnabledFormat, ExpiryDateOrder, ListParamSource, RoleKeyPlacement,
+    SandboxConfig, SandboxError, SandboxProvider,
 };
+
+/// Most pre-existing Datonis key pairs `--datonis-preexisting-keys` accepts.
+const MAX_PREEXISTING_KEYS: usize = 100_000;
 
 /// Arguments of `keypair-operator sandbox`: serve a fake-but-faithful provider API.
 /// Durations are written like `90s`, `30m`, `24h`, `1h30m`, `500ms` or `2d` (bare numbers
@@ -55,6 +59,24 @@ pub struct SandboxArgs {
     /// Load state from this file at start and persist it there after every change.
     #[arg(long, value_name = "PATH")]
     pub state_file: Option<PathBuf>,
+    /// Datonis: where the list call reads `page`, `per`, ... from.
+    #[arg(long, value_enum, default_value_t = ListParamSource::Either)]
+    pub datonis_list_params: ListParamSource,
+    /// Datonis: where an update reads `role_key` from (inside or beside `key_pair`).
+    #[arg(long, value_enum, default_value_t = RoleKeyPlacement::Either)]
+    pub datonis_update_role_key: RoleKeyPlacement,
+    /// Datonis: how a `dd/dd/yyyy` `expiry_date` is read.
+    #[arg(long, value_enum, default_value_t = ExpiryDateOrder::DayFirst)]
+    pub datonis_date_order: ExpiryDateOrder,
+    /// Datonis: how `enabled` is written in answers.
+    #[arg(long, value_enum, default_value_t = EnabledFormat::Bool)]
+    pub datonis_enabled: EnabledFormat,
+    /// Datonis: key pairs the default account holds from the start (unrelated to any client).
+    #[arg(long, value_name = "COUNT", default_value_t = 0)]
+    pub datonis_preexisting_keys: usize,
+    /// Datonis fault: the list call ignores `page` and always answers page 1.
+    #[arg(long)]
+    pub datonis_ignore_page: bool,
 }
 
 impl SandboxArgs {
@@ -86,6 +108,11 @@ impl SandboxArgs {
         }
         if has_duplicates(self.roles.iter().map(|(key, _)| key.clone())) {
             return invalid("--role given twice for the same role key");
+        }
+        if self.datonis_preexisting_keys > MAX_PREEXISTING_KEYS {
+            return invalid(&format!(
+                "--datonis-preexisting-keys must be at most {MAX_PREEXISTING_KEYS}"
+            ));
         }
         let session_tokens = if self.session_tokens.is_empty() {
             vec![DEFAULT_SESSION_TOKEN.to_owned()]
@@ -119,6 +146,14 @@ impl SandboxArgs {
             utc_offset_minutes: self.utc_offset_minutes,
             roles,
             state_file: self.state_file,
+            datonis_readings: DatonisReadings {
+                list_params: self.datonis_list_params,
+                update_role_key: self.datonis_update_role_key,
+                expiry_date_order: self.datonis_date_order,
+                enabled_in_answers: self.datonis_enabled,
+                preexisting_keys: self.datonis_preexisting_keys,
+                ignore_page: self.datonis_ignore_page,
+            },
         };
         Ok((config, self.listen))
     }

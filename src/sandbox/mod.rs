@@ -24,6 +24,7 @@ mod control;
 mod datonis;
 mod faults;
 mod http;
+mod readings;
 mod state;
 mod threatwinds;
 
@@ -42,6 +43,9 @@ use tokio_util::sync::CancellationToken;
 pub use cli::SandboxArgs;
 pub use control::SandboxStats;
 pub use faults::{CommitThenFail, FaultConfig};
+pub use readings::{
+    DatonisReadings, EnabledFormat, ExpiryDateOrder, ListParamSource, RoleKeyPlacement,
+};
 
 use state::{Shared, State};
 
@@ -120,6 +124,8 @@ pub struct SandboxConfig {
     pub roles: Vec<(String, String)>,
     /// Where state is loaded from at start and persisted to after each mutation.
     pub state_file: Option<PathBuf>,
+    /// Datonis: which reading of the docs' open points the sandbox follows (default: all).
+    pub datonis_readings: DatonisReadings,
 }
 
 impl SandboxConfig {
@@ -143,6 +149,7 @@ impl SandboxConfig {
                 .map(|(key, name)| ((*key).to_owned(), (*name).to_owned()))
                 .collect(),
             state_file: None,
+            datonis_readings: DatonisReadings::default(),
         }
     }
 
@@ -244,6 +251,9 @@ pub async fn spawn(
     };
     if config.provider == SandboxProvider::Threatwinds {
         threatwinds::init(&mut state.threatwinds, &config, state::now_ms());
+    }
+    if config.provider == SandboxProvider::Datonis {
+        datonis::init(&mut state.datonis, &config, state::now_ms());
     }
     let shared = Arc::new(Shared::new(config, state));
     shared.persist_initial().await?;
