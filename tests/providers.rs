@@ -5,13 +5,15 @@
 //! status, injected faults, Datonis pagination and re-sign-in, and that no secret ever
 //! shows up in an error message or a `Debug` output.
 
+use chrono::{Datelike, NaiveDate};
 use keypair_operator::provider::{
-    CreateKeyPair, DatonisClient, DatonisCredentials, HttpOptions, KeyLookup, KeyPairApi,
-    ListQuery, ProviderError, ProviderKind, SortOrder, ThreatWindsClient, TimestampFormat,
-    UpdateKeyPair,
+    CreateKeyPair, CreatedKeyPair, DateOrder, DatonisClient, DatonisCredentials, HttpOptions,
+    KeyLookup, KeyPairApi, ListQuery, ProviderError, ProviderKind, SortOrder, ThreatWindsClient,
+    TimestampFormat, UpdateKeyPair,
 };
 use keypair_operator::sandbox::{
-    Dialect, NewCodeAuth, OutboxEmail, SandboxConfig, SandboxHandle, SandboxKey, SandboxStats,
+    DatonisReadings, Dialect, EnabledFormat, ExpiryDateOrder, ListParamSource, NewCodeAuth,
+    OutboxEmail, RoleKeyPlacement, SandboxConfig, SandboxHandle, SandboxKey, SandboxStats,
     ThreatWindsReadings, UnverifiedCheck, VerifyAuth, spawn,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -1462,5 +1464,580 @@ async fn threatwinds_client_works_under_every_strict_reading() {
         for (name, readings) in ThreatWindsReadings::strict_profiles() {
             threatwinds_flow(dialect, name, readings).await;
         }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Datonis: every reading of the docs' open points (sandbox `DatonisReadings`).
+
+impl Sandbox {
+    async fn datonis_readings(readings: DatonisReadings) -> Sandbox {
+        let mut cfg = SandboxConfig::datonis();
+        cfg.users = vec![(DT_EMAIL.into(), DT_PASSWORD.into())];
+        cfg.datonis_readings = readings;
+        Sandbox::start(cfg).await
+    }
+
+    async fn reset_stats(&self) {
+        self.control
+            .delete(format!("{}/_sandbox/stats", self.url()))
+            .send()
+            .await
+            .expect("reset stats")
+            .error_for_status()
+            .expect("stats reset");
+    }
+
+    async fn stored(&self, key_id: &str) -> SandboxKey {
+        self.keys()
+            .await
+            .into_iter()
+            .find(|k| k.id == key_id)
+            .unwrap_or_else(|| panic!("key {key_id} not in the sandbox"))
+    }
+}
+
+const ROLE_AGENT: &str = "1946c4ce5c";
+const ROLE_WRITE_ONLY: &str = "517d8e4695";
+const ROLE_ABC: &str = "dc459a67b3";
+
+fn dt_req(validity_days: u32, role: &str) -> CreateKeyPair {
+    CreateKeyPair {
+        name: String::new(),
+        validity_days,
+        role_key: Some(role.into()),
+    }
+}
+
+/// Whether an answered expiry (midnight of the account's zone, in UTC) is on `date`.
+#[track_caller]
+fn assert_on_day(at: Option<chrono::DateTime<chrono::Utc>>, date: NaiveDate) {
+    let at = at.unwrap_or_else(|| panic!("no expiry, expected {date}"));
+    let off = (at.date_naive() - date).num_days();
+    assert!(off.abs() <= 1, "expiry {at} is not on {date}");
+}
+
+fn day_month_ambiguous(d: NaiveDate) -> bool {
+    d.day() <= 12 && d.day() != d.month()
+}
+
+fn provider_order(order: ExpiryDateOrder) -> DateOrder {
+    match order {
+        ExpiryDateOrder::DayFirst => DateOrder::DayFirst,
+        ExpiryDateOrder::MonthFirst => DateOrder::MonthFirst,
+    }
+}
+
+fn ymd(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).expect("date")
+}
+
+/// Creates a key pair expiring on the first day after today that `wanted` accepts, and
+/// returns it with that day. Creating again if the UTC day rolled over meanwhile keeps the
+/// expected date exact.
+async fn create_expiring(
+    dt: &DatonisClient,
+    wanted: fn(NaiveDate) -> bool,
+) -> (CreatedKeyPair, NaiveDate) {
+    for _ in 0..2 {
+        let today = chrono::Utc::now().date_naive();
+        let (days, date) = (1..=400u32)
+            .map(|n| (n, today + chrono::Days::new(u64::from(n))))
+            .find(|(_, d)| wanted(*d))
+            .expect("such a day within 400 days");
+        let created = dt
+            .create(&dt_req(days, ROLE_WRITE_ONLY))
+            .await
+            .expect("create");
+        if chrono::Utc::now().date_naive() == today {
+            return (created, date);
+        }
+        dt.delete(&created.key.key_id).await.expect("delete");
+    }
+    panic!("the UTC day rolled over twice");
+}
+
+#[tokio::test]
+async fn datonis_list_45_keys_in_pages_of_20_under_query_body_and_either() {
+    for source in [
+        ListParamSource::Query,
+        ListParamSource::Body,
+        ListParamSource::Either,
+    ] {
+        let sb = Sandbox::datonis_readings(DatonisReadings {
+            list_params: source,
+            preexisting_keys: 45,
+            ..DatonisReadings::default()
+        })
+        .await;
+        let dt = sb.dt_client(HttpOptions::default()).with_page_size(20);
+        let listed: Vec<String> = dt
+            .list()
+            .await
+            .unwrap_or_else(|e| panic!("{source:?}: {e}"))
+            .into_iter()
+            .map(|k| k.key_id)
+            .collect();
+        // Every key, once, in creation order (the client asks order_by=created_at asc).
+        let stored: Vec<String> = sb.keys().await.into_iter().map(|k| k.id).collect();
+        assert_eq!(listed, stored, "{source:?}");
+        assert_eq!(
+            sb.count("GET /api/v3/key_pairs", "200").await,
+            3,
+            "{source:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn datonis_list_page_sends_parameters_in_query_and_body() {
+    for source in [ListParamSource::Query, ListParamSource::Body] {
+        let sb = Sandbox::datonis_readings(DatonisReadings {
+            list_params: source,
+            preexisting_keys: 5,
+            ..DatonisReadings::default()
+        })
+        .await;
+        let dt = sb.dt_client(HttpOptions::default());
+        let p = dt
+            .list_page(&ListQuery {
+                page: 2,
+                per: 2,
+                order_by: Some("created_at".into()),
+                order: Some(SortOrder::Desc),
+                timestamp_format: Some(TimestampFormat::Str),
+                ..ListQuery::default()
+            })
+            .await
+            .expect("page");
+        let stored: Vec<String> = sb.keys().await.into_iter().map(|k| k.id).collect();
+        let got: Vec<String> = p.key_pairs.into_iter().map(|k| k.key_id).collect();
+        // Newest first, second page of two.
+        assert_eq!(got, [stored[2].clone(), stored[1].clone()], "{source:?}");
+        assert_eq!(p.total_count, Some(5));
+        assert_eq!(p.page, 2);
+    }
+}
+
+#[tokio::test]
+async fn datonis_list_from_a_provider_ignoring_page_is_an_error() {
+    let sb = Sandbox::datonis_readings(DatonisReadings {
+        preexisting_keys: 45,
+        ignore_page: true,
+        ..DatonisReadings::default()
+    })
+    .await;
+    let dt = sb.dt_client(HttpOptions::default()).with_page_size(20);
+    let e = dt.list().await.expect_err("a partial list must not pass");
+    assert_variant(&e, "UnexpectedResponse");
+    assert!(e.to_string().contains("listed 20 of 45 key pairs"), "{e}");
+    assert!(e.to_string().starts_with("datonis list: "), "{e}");
+    // It gave up at the first repeated page instead of looping.
+    assert_eq!(sb.count("GET /api/v3/key_pairs", "200").await, 2);
+    // One page that holds everything is complete even if `page` is ignored.
+    let big = dt.clone().with_page_size(100);
+    assert_eq!(big.list().await.expect("one page").len(), 45);
+}
+
+#[tokio::test]
+async fn datonis_update_role_key_under_nested_top_level_and_either() {
+    for placement in [
+        RoleKeyPlacement::Nested,
+        RoleKeyPlacement::TopLevel,
+        RoleKeyPlacement::Either,
+    ] {
+        let sb = Sandbox::datonis_readings(DatonisReadings {
+            update_role_key: placement,
+            ..DatonisReadings::default()
+        })
+        .await;
+        let dt = sb.dt_client(HttpOptions::default());
+        let created = dt
+            .create(&dt_req(30, ROLE_WRITE_ONLY))
+            .await
+            .expect("create");
+        let id = &created.key.key_id;
+        for role in [ROLE_AGENT, ROLE_ABC] {
+            let updated = dt
+                .update(
+                    id,
+                    &UpdateKeyPair {
+                        role_key: Some(role.into()),
+                        ..UpdateKeyPair::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{placement:?}: {e}"));
+            assert_eq!(updated.role_key.as_deref(), Some(role), "{placement:?}");
+            assert_eq!(sb.stored(id).await.role_key.as_deref(), Some(role));
+        }
+    }
+}
+
+/// Serves `body` as a 200 JSON answer to every request and records the raw requests.
+async fn canned_datonis(body: Value) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let body = body.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let len = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            log.lock()
+                .expect("log")
+                .push(String::from_utf8_lossy(&buf).to_string());
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(response.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn datonis_update_the_provider_did_not_apply_is_an_error() {
+    // A provider that answers every update with the key pair unchanged.
+    let unchanged = json!({"key_pair": {
+        "key_pair_key": "abec9bb3d2e18c2c1dt4t792b3t73768bf7d68cd",
+        "access_key": "abec9bb3d2e18c2c1dt4t792b3t73768bf7d68cd",
+        "secret_key": "f2ddt21at5f56128a36t8t9949231acc89481f2f",
+        "enabled": "true",
+        "expiry_date": "2016-09-08T18:30:00.000Z",
+        "role_key": ROLE_WRITE_ONLY,
+        "role_name": "Write Only"
+    }});
+    let (url, seen) = canned_datonis(unchanged).await;
+    let dt = DatonisClient::new(
+        &url,
+        DatonisCredentials::Token(SecretString::from("canned-token-123")),
+        HttpOptions::default(),
+    )
+    .expect("client");
+    let id = "abec9bb3d2e18c2c1dt4t792b3t73768bf7d68cd";
+    let mut leaks = Leaks::default();
+    leaks.secret("f2ddt21at5f56128a36t8t9949231acc89481f2f");
+    leaks.secret("canned-token-123");
+    for (req, field) in [
+        (
+            UpdateKeyPair {
+                role_key: Some(ROLE_AGENT.into()),
+                ..UpdateKeyPair::default()
+            },
+            "role_key",
+        ),
+        (
+            UpdateKeyPair {
+                enabled: Some(false),
+                ..UpdateKeyPair::default()
+            },
+            "enabled",
+        ),
+        (
+            UpdateKeyPair {
+                expiry_date: Some(ymd(2031, 3, 5)),
+                ..UpdateKeyPair::default()
+            },
+            "expiry_date",
+        ),
+    ] {
+        let e = dt.update(id, &req).await.expect_err(field);
+        assert_variant(&e, "UnexpectedResponse");
+        assert!(
+            e.to_string()
+                .contains(&format!("the provider did not apply {field}")),
+            "{e}"
+        );
+        leaks.err(&e);
+    }
+    // What it did apply passes (enabled answered as the string "true").
+    let same = dt
+        .update(
+            id,
+            &UpdateKeyPair {
+                enabled: Some(true),
+                role_key: Some(ROLE_WRITE_ONLY.into()),
+                expiry_date: Some(ymd(2016, 9, 9)),
+            },
+        )
+        .await
+        .expect("applied");
+    assert_eq!(same.enabled, Some(true));
+    leaks.check();
+
+    // The update body: role_key inside and beside key_pair, enabled a JSON boolean.
+    let requests = seen.lock().expect("log").clone();
+    let last = requests.last().expect("a request");
+    assert!(
+        last.starts_with(&format!("PUT /api/v3/key_pairs/{id} ")),
+        "{last}"
+    );
+    let body: Value =
+        serde_json::from_str(last.split("\r\n\r\n").nth(1).expect("body")).expect("json body");
+    assert_eq!(
+        body,
+        json!({"key_pair": {"expiry_date": "09/09/2016", "enabled": true, "role_key": ROLE_WRITE_ONLY}, "role_key": ROLE_WRITE_ONLY})
+    );
+}
+
+#[tokio::test]
+async fn datonis_list_request_carries_parameters_both_ways() {
+    let (url, seen) = canned_datonis(json!({"total_count": 0, "page": 1, "key_pairs": []})).await;
+    let dt = DatonisClient::new(
+        &url,
+        DatonisCredentials::Token(SecretString::from("canned-token-123")),
+        HttpOptions::default(),
+    )
+    .expect("client")
+    .with_page_size(20);
+    assert!(dt.list().await.expect("empty list").is_empty());
+    let requests = seen.lock().expect("log").clone();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert!(
+        request.starts_with(
+            "GET /api/v3/key_pairs?page=1&per=20&order_by=created_at&order=asc HTTP/1.1"
+        ),
+        "{request}"
+    );
+    let body: Value =
+        serde_json::from_str(request.split("\r\n\r\n").nth(1).expect("body")).expect("json body");
+    assert_eq!(
+        body,
+        json!({"page": "1", "per": "20", "order_by": "created_at", "order": "asc"})
+    );
+}
+
+#[tokio::test]
+async fn datonis_expiry_date_day_first_and_month_first_on_create_and_update() {
+    for order in [ExpiryDateOrder::DayFirst, ExpiryDateOrder::MonthFirst] {
+        let sb = Sandbox::datonis_readings(DatonisReadings {
+            expiry_date_order: order,
+            ..DatonisReadings::default()
+        })
+        .await;
+        let learned = Some(provider_order(order));
+        let month_first = order == ExpiryDateOrder::MonthFirst;
+
+        // Create, ambiguous date (day <= 12, day != month), fresh client: the answer
+        // shows the reading; month first, the key is fixed at once with an update.
+        let dt = sb.dt_client(HttpOptions::default());
+        sb.reset_stats().await;
+        let (created, date) = create_expiring(&dt, day_month_ambiguous).await;
+        assert_on_day(created.key.expire_at, date);
+        assert_eq!(dt.date_order(), learned, "{order:?}");
+        let stored = sb.stored(&created.key.key_id).await;
+        assert_eq!(
+            Some(stored.expires_at),
+            created.key.expire_at.map(|t| t.timestamp())
+        );
+        let fixes = sb.count("PUT /api/v3/key_pairs/{key}", "200").await;
+        assert_eq!(fixes, u64::from(month_first), "{order:?}");
+
+        // Create, day > 12, fresh client: month first refuses it (422) once.
+        let dt = sb.dt_client(HttpOptions::default());
+        sb.reset_stats().await;
+        let (created, date) = create_expiring(&dt, |d| d.day() > 12).await;
+        assert_on_day(created.key.expire_at, date);
+        assert_eq!(dt.date_order(), learned, "{order:?}");
+        let refused = sb.count("POST /api/v3/key_pairs", "422").await;
+        assert_eq!(refused, u64::from(month_first), "{order:?}");
+        assert_eq!(sb.count("POST /api/v3/key_pairs", "200").await, 1);
+        let id = created.key.key_id.clone();
+
+        // Update, fresh client, ambiguous and then unambiguous dates.
+        for date in [ymd(2031, 3, 5), ymd(2031, 12, 25), ymd(2032, 4, 7)] {
+            let dt = sb.dt_client(HttpOptions::default());
+            let updated = dt
+                .update(
+                    &id,
+                    &UpdateKeyPair {
+                        expiry_date: Some(date),
+                        ..UpdateKeyPair::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{order:?} {date}: {e}"));
+            assert_on_day(updated.expire_at, date);
+            assert_eq!(dt.date_order(), learned, "{order:?} {date}");
+            assert_on_day(
+                chrono::DateTime::from_timestamp(sb.stored(&id).await.expires_at, 0),
+                date,
+            );
+        }
+
+        // Once learned: one request per update, whatever the date.
+        sb.reset_stats().await;
+        for date in [ymd(2033, 2, 1), ymd(2033, 1, 31), ymd(2033, 9, 9)] {
+            let updated = dt
+                .update(
+                    &id,
+                    &UpdateKeyPair {
+                        expiry_date: Some(date),
+                        enabled: Some(false),
+                        ..UpdateKeyPair::default()
+                    },
+                )
+                .await
+                .expect("update");
+            assert_on_day(updated.expire_at, date);
+        }
+        assert_eq!(sb.count("PUT /api/v3/key_pairs/{key}", "200").await, 3);
+
+        // Day = month tells nothing, and needs nothing.
+        let fresh = sb.dt_client(HttpOptions::default());
+        let updated = fresh
+            .update(
+                &id,
+                &UpdateKeyPair {
+                    expiry_date: Some(ymd(2034, 9, 9)),
+                    ..UpdateKeyPair::default()
+                },
+            )
+            .await
+            .expect("update");
+        assert_on_day(updated.expire_at, ymd(2034, 9, 9));
+        assert_eq!(fresh.date_order(), None);
+    }
+}
+
+#[tokio::test]
+async fn datonis_create_whose_date_cannot_be_fixed_is_deleted_again() {
+    let sb = Sandbox::datonis_readings(DatonisReadings {
+        expiry_date_order: ExpiryDateOrder::MonthFirst,
+        ..DatonisReadings::default()
+    })
+    .await;
+    let dt = sb.dt_client(HttpOptions::default());
+    dt.check_credentials().await.expect("sign in");
+    let today = chrono::Utc::now().date_naive();
+    let days = (1..=400u32)
+        .find(|n| day_month_ambiguous(today + chrono::Days::new(u64::from(*n))))
+        .expect("an ambiguous day");
+    // Every second request fails: the create passes, its date fix fails, the delete passes.
+    sb.faults(json!({"error_rate": 0.5})).await;
+    let e = dt
+        .create(&dt_req(days, ROLE_AGENT))
+        .await
+        .expect_err("fix failed");
+    assert!(
+        matches!(e, ProviderError::Server { status: 500, .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("was deleted again"), "{e}");
+    sb.clear_faults().await;
+    assert!(sb.keys().await.is_empty());
+    assert_eq!(sb.count("DELETE /api/v3/key_pairs/{key}", "200").await, 1);
+}
+
+#[tokio::test]
+async fn datonis_enabled_answered_as_bool_or_string() {
+    for format in [EnabledFormat::Bool, EnabledFormat::String] {
+        let sb = Sandbox::datonis_readings(DatonisReadings {
+            enabled_in_answers: format,
+            ..DatonisReadings::default()
+        })
+        .await;
+        let dt = sb.dt_client(HttpOptions::default());
+        let created = dt.create(&dt_req(30, ROLE_AGENT)).await.expect("create");
+        assert_eq!(created.key.enabled, Some(true), "{format:?}");
+        let id = created.key.key_id.clone();
+        for enabled in [false, true, false] {
+            let updated = dt
+                .update(
+                    &id,
+                    &UpdateKeyPair {
+                        enabled: Some(enabled),
+                        ..UpdateKeyPair::default()
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert_eq!(updated.enabled, Some(enabled), "{format:?}");
+        }
+        let lookup = KeyLookup {
+            key_id: id.clone(),
+            api_key: created.key.api_key.clone(),
+            api_secret: None,
+        };
+        assert_eq!(dt.get(&lookup).await.expect("get").enabled, Some(false));
+        let listed = dt.list().await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].enabled, Some(false));
+        assert_eq!(sb.stored(&id).await.enabled, Some(false));
+    }
+}
+
+#[tokio::test]
+async fn datonis_client_works_under_every_strict_profile() {
+    for (name, readings) in DatonisReadings::strict_profiles() {
+        let sb = Sandbox::datonis_readings(DatonisReadings {
+            preexisting_keys: 45,
+            ..readings
+        })
+        .await;
+        let dt = sb.dt_client(HttpOptions::default()).with_page_size(20);
+        let created = dt
+            .create(&dt_req(30, ROLE_WRITE_ONLY))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: create: {e}"));
+        let id = created.key.key_id.clone();
+        let date = ymd(2031, 3, 5);
+        let updated = dt
+            .update(
+                &id,
+                &UpdateKeyPair {
+                    enabled: Some(false),
+                    expiry_date: Some(date),
+                    role_key: Some(ROLE_AGENT.into()),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: update: {e}"));
+        assert_eq!(updated.enabled, Some(false), "{name}");
+        assert_eq!(updated.role_key.as_deref(), Some(ROLE_AGENT), "{name}");
+        assert_on_day(updated.expire_at, date);
+        let stored = sb.stored(&id).await;
+        assert_eq!(stored.enabled, Some(false), "{name}");
+        assert_eq!(stored.role_key.as_deref(), Some(ROLE_AGENT), "{name}");
+        let listed = dt
+            .list()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: list: {e}"));
+        assert_eq!(listed.len(), 46, "{name}");
+        let mine = listed.iter().find(|k| k.key_id == id).expect("listed");
+        assert_eq!(mine.enabled, Some(false), "{name}");
+        assert_eq!(mine.role_key.as_deref(), Some(ROLE_AGENT), "{name}");
+        dt.delete(&id).await.expect("delete");
+        assert_eq!(dt.list().await.expect("list").len(), 45, "{name}");
     }
 }

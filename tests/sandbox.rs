@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use keypair_operator::sandbox::{
-    self, DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DEFAULT_SESSION_TOKEN, Dialect,
-    NewCodeAuth, PathCase, SandboxConfig, SandboxHandle, SandboxKey, ThreatWindsReadings,
+    self, DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DEFAULT_SESSION_TOKEN, DatonisReadings,
+    Dialect, EnabledFormat, ExpiryDateOrder, ListParamSource, NewCodeAuth, PathCase,
+    RoleKeyPlacement, SandboxConfig, SandboxHandle, SandboxKey, ThreatWindsReadings,
     UnverifiedCheck, VerifyAuth,
 };
 use reqwest::{Method, StatusCode};
@@ -1937,6 +1938,431 @@ fn cli_arguments_become_a_config() {
             "datonis",
             "--session-ttl",
             "soon"
+        ])
+        .is_err()
+    );
+}
+
+// ----------------------------------------------------------------------------------------
+// Datonis readings (the docs' open points as modes)
+
+fn datonis_with(readings: DatonisReadings) -> SandboxConfig {
+    SandboxConfig {
+        datonis_readings: readings,
+        ..SandboxConfig::datonis()
+    }
+}
+
+/// `(total_count, page echo, number of key pairs)` of one list call.
+async fn dt_list(request: reqwest::RequestBuilder) -> (Value, Value, usize) {
+    let response = request.send().await.expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    let count = body["key_pairs"].as_array().expect("key_pairs").len();
+    (body["total_count"].clone(), body["page"].clone(), count)
+}
+
+#[tokio::test]
+async fn datonis_readings_list_params_from_query_body_or_either() {
+    for source in [
+        ListParamSource::Query,
+        ListParamSource::Body,
+        ListParamSource::Either,
+    ] {
+        let sb = Sb::new(datonis_with(DatonisReadings {
+            list_params: source,
+            preexisting_keys: 5,
+            ..DatonisReadings::default()
+        }))
+        .await;
+        let token = sb.dt_sign_in().await;
+        let list = || sb.dt(Method::GET, "/api/v3/key_pairs", &token);
+        let by_query = dt_list(list().query(&[("per", "2"), ("page", "2")])).await;
+        let by_body = dt_list(list().json(&json!({"per": "2", "page": "3"}))).await;
+        let query_read = (json!(5), json!("2"), 2);
+        let body_read = (json!(5), json!("3"), 1);
+        let ignored = (json!(5), json!(1), 5);
+        match source {
+            ListParamSource::Query => {
+                assert_eq!(by_query, query_read);
+                assert_eq!(by_body, ignored);
+                // The body is not even parsed.
+                let broken = list().body("{not json").send().await.expect("send");
+                assert_eq!(broken.status(), StatusCode::OK);
+            }
+            ListParamSource::Body => {
+                assert_eq!(by_query, ignored);
+                assert_eq!(by_body, body_read);
+                let broken = list().body("{not json").send().await.expect("send");
+                assert_eq!(datonis_error(broken).await.0, StatusCode::BAD_REQUEST);
+            }
+            ListParamSource::Either => {
+                assert_eq!(by_query, query_read);
+                assert_eq!(by_body, body_read);
+                // Both: the body wins.
+                let both = list()
+                    .query(&[("per", "2"), ("page", "2")])
+                    .json(&json!({"page": "3"}));
+                assert_eq!(dt_list(both).await, body_read);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn datonis_readings_update_role_key_nested_top_level_or_either() {
+    for placement in [
+        RoleKeyPlacement::Nested,
+        RoleKeyPlacement::TopLevel,
+        RoleKeyPlacement::Either,
+    ] {
+        let sb = Sb::new(datonis_with(DatonisReadings {
+            update_role_key: placement,
+            ..DatonisReadings::default()
+        }))
+        .await;
+        let token = sb.dt_sign_in().await;
+        // Creates read role_key inside key_pair whatever the mode (the create example).
+        let key = sb.dt_create(&token, "517d8e4695").await;
+        let path = format!(
+            "/api/v3/key_pairs/{}",
+            key["key_pair_key"].as_str().unwrap()
+        );
+        let put = |body: Value| sb.dt(Method::PUT, &path, &token).json(&body).send();
+        let role_after = |response: reqwest::Response| async move {
+            assert_eq!(response.status(), StatusCode::OK, "{placement:?}");
+            let body: Value = response.json().await.expect("json");
+            body["key_pair"]["role_key"].as_str().unwrap().to_owned()
+        };
+        let nested = role_after(
+            put(json!({"key_pair": {"role_key": "1946c4ce5c"}}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let beside = role_after(
+            put(json!({"key_pair": {}, "role_key": "dc459a67b3"}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        match placement {
+            RoleKeyPlacement::Nested => {
+                assert_eq!(nested, "1946c4ce5c");
+                assert_eq!(beside, "1946c4ce5c", "top-level role_key ignored");
+            }
+            RoleKeyPlacement::TopLevel => {
+                assert_eq!(nested, "517d8e4695", "nested role_key ignored");
+                assert_eq!(beside, "dc459a67b3");
+            }
+            RoleKeyPlacement::Either => {
+                assert_eq!(nested, "1946c4ce5c");
+                assert_eq!(beside, "dc459a67b3");
+            }
+        }
+        // Both places: the one read wins (inside, under either).
+        let both = role_after(
+            put(json!({"key_pair": {"role_key": "517d8e4695"}, "role_key": "1946c4ce5c"}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let want = match placement {
+            RoleKeyPlacement::TopLevel => "1946c4ce5c",
+            _ => "517d8e4695",
+        };
+        assert_eq!(both, want, "{placement:?}");
+        // A role_key in the place not read is ignored, not validated.
+        let (nested_bad, beside_bad) = (
+            put(json!({"key_pair": {"role_key": "nope"}}))
+                .await
+                .unwrap()
+                .status(),
+            put(json!({"key_pair": {}, "role_key": "nope"}))
+                .await
+                .unwrap()
+                .status(),
+        );
+        let (ok, bad) = (StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY);
+        let want = match placement {
+            RoleKeyPlacement::Nested => (bad, ok),
+            RoleKeyPlacement::TopLevel => (ok, bad),
+            RoleKeyPlacement::Either => (bad, bad),
+        };
+        assert_eq!((nested_bad, beside_bad), want, "{placement:?}");
+    }
+}
+
+#[tokio::test]
+async fn datonis_readings_expiry_date_day_first_or_month_first() {
+    for order in [ExpiryDateOrder::DayFirst, ExpiryDateOrder::MonthFirst] {
+        let sb = Sb::new(datonis_with(DatonisReadings {
+            expiry_date_order: order,
+            ..DatonisReadings::default()
+        }))
+        .await;
+        let token = sb.dt_sign_in().await;
+        let create = |date: &str| {
+            sb.dt(Method::POST, "/api/v3/key_pairs", &token)
+                .json(&json!({"key_pair": {"expiry_date": date, "role_key": "517d8e4695"}}))
+                .send()
+        };
+        // India time: midnight of the day read is 18:30 UTC the day before.
+        let expiry = |response: reqwest::Response| async move {
+            assert_eq!(response.status(), StatusCode::OK, "{order:?}");
+            let body: Value = response.json().await.expect("json");
+            body["key_pair"]["expiry_date"].as_str().unwrap().to_owned()
+        };
+        let (ambiguous, valid, invalid) = match order {
+            ExpiryDateOrder::DayFirst => ("2026-05-02T18:30:00.000Z", "25/12/2026", "12/25/2026"),
+            ExpiryDateOrder::MonthFirst => ("2026-03-04T18:30:00.000Z", "12/25/2026", "25/12/2026"),
+        };
+        assert_eq!(expiry(create("03/05/2026").await.unwrap()).await, ambiguous);
+        assert_eq!(
+            expiry(create(valid).await.unwrap()).await,
+            "2026-12-24T18:30:00.000Z"
+        );
+        let (status, message) = datonis_error(create(invalid).await.unwrap()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{order:?}");
+        assert!(message.contains("expiry_date"), "{message}");
+        // Day = month and ISO dates read the same either way.
+        assert_eq!(
+            expiry(create("09/09/2016").await.unwrap()).await,
+            "2016-09-08T18:30:00.000Z"
+        );
+        assert_eq!(
+            expiry(create("2026-03-05").await.unwrap()).await,
+            "2026-03-04T18:30:00.000Z"
+        );
+        // Updates read dates the same way.
+        let key = sb.dt_create(&token, "517d8e4695").await;
+        let path = format!(
+            "/api/v3/key_pairs/{}",
+            key["key_pair_key"].as_str().unwrap()
+        );
+        let response = sb
+            .dt(Method::PUT, &path, &token)
+            .json(&json!({"key_pair": {"expiry_date": "03/05/2026"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(expiry(response).await, ambiguous);
+        let response = sb
+            .dt(Method::PUT, &path, &token)
+            .json(&json!({"key_pair": {"expiry_date": invalid}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            datonis_error(response).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+    }
+}
+
+#[tokio::test]
+async fn datonis_readings_enabled_as_bool_or_string() {
+    for format in [EnabledFormat::Bool, EnabledFormat::String] {
+        let sb = Sb::new(datonis_with(DatonisReadings {
+            enabled_in_answers: format,
+            ..DatonisReadings::default()
+        }))
+        .await;
+        let token = sb.dt_sign_in().await;
+        let (yes, no) = match format {
+            EnabledFormat::Bool => (json!(true), json!(false)),
+            EnabledFormat::String => (json!("true"), json!("false")),
+        };
+        let key = sb.dt_create(&token, "517d8e4695").await;
+        assert_eq!(key["enabled"], yes);
+        let path = format!(
+            "/api/v3/key_pairs/{}",
+            key["key_pair_key"].as_str().unwrap()
+        );
+        // Requests may send either form in every mode.
+        for (sent, want) in [
+            (json!("false"), &no),
+            (json!(true), &yes),
+            (json!(false), &no),
+        ] {
+            let response = sb
+                .dt(Method::PUT, &path, &token)
+                .json(&json!({"key_pair": {"enabled": sent}}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(&body["key_pair"]["enabled"], want, "{format:?}");
+        }
+        let got: Value = sb
+            .dt(Method::GET, &path, &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["key_pair"]["enabled"], no);
+        let listed: Value = sb
+            .dt(Method::GET, "/api/v3/key_pairs", &token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["key_pairs"][0]["enabled"], no);
+        // The control endpoint keeps a boolean.
+        assert_eq!(sb.keys().await[0].enabled, Some(false));
+    }
+}
+
+#[tokio::test]
+async fn datonis_readings_preexisting_keys_need_several_pages() {
+    let sb = Sb::new(datonis_with(DatonisReadings {
+        preexisting_keys: 45,
+        ..DatonisReadings::default()
+    }))
+    .await;
+    let keys = sb.keys().await;
+    assert_eq!(keys.len(), 45);
+    assert!(keys.iter().all(|k| k.owner == "default"));
+    let roles: std::collections::HashSet<_> = keys.iter().map(|k| k.role_key.clone()).collect();
+    assert_eq!(roles.len(), 3, "the configured roles in turn");
+    let expiries: std::collections::HashSet<_> = keys.iter().map(|k| k.expires_at).collect();
+    assert!(expiries.len() > 3, "varied expiries");
+    let token = sb.dt_sign_in().await;
+    let mut seen = std::collections::HashSet::new();
+    for (page, want) in [(1, 20), (2, 20), (3, 5), (4, 0)] {
+        let body: Value = sb
+            .dt(Method::GET, "/api/v3/key_pairs", &token)
+            .json(&json!({"page": page, "per": 20, "order_by": "created_at", "order": "asc"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["total_count"], 45);
+        let items = body["key_pairs"].as_array().unwrap();
+        assert_eq!(items.len(), want, "page {page}");
+        seen.extend(items.iter().map(|k| k["key_pair_key"].clone()));
+    }
+    assert_eq!(seen.len(), 45);
+    // A new key pair comes last in created_at order.
+    let key = sb.dt_create(&token, "517d8e4695").await;
+    let body: Value = sb
+        .dt(Method::GET, "/api/v3/key_pairs", &token)
+        .query(&[("page", "3"), ("per", "20"), ("order_by", "created_at")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["key_pairs"][5]["key_pair_key"], key["key_pair_key"]);
+}
+
+#[tokio::test]
+async fn datonis_readings_ignore_page_always_answers_page_one() {
+    let sb = Sb::new(datonis_with(DatonisReadings {
+        preexisting_keys: 45,
+        ignore_page: true,
+        ..DatonisReadings::default()
+    }))
+    .await;
+    let token = sb.dt_sign_in().await;
+    let page = |n: u32| {
+        sb.dt(Method::GET, "/api/v3/key_pairs", &token)
+            .query(&[("page", n.to_string()), ("per", "20".to_owned())])
+            .send()
+    };
+    let first: Value = page(1).await.unwrap().json().await.unwrap();
+    let second: Value = page(2).await.unwrap().json().await.unwrap();
+    assert_eq!(first["key_pairs"], second["key_pairs"]);
+    assert_eq!(second["page"], 1);
+    assert_eq!(second["total_count"], 45);
+    assert_eq!(second["key_pairs"].as_array().unwrap().len(), 20);
+}
+
+#[test]
+fn datonis_strict_profiles_are_usable_from_outside() {
+    let profiles = DatonisReadings::strict_profiles();
+    assert!(profiles.len() >= 4);
+    assert!(profiles.iter().any(|(_, r)| {
+        r.list_params == ListParamSource::Body
+            && r.update_role_key == RoleKeyPlacement::TopLevel
+            && r.expiry_date_order == ExpiryDateOrder::MonthFirst
+            && r.enabled_in_answers == EnabledFormat::String
+    }));
+    assert!(profiles.iter().any(|(_, r)| {
+        r.list_params == ListParamSource::Query
+            && r.update_role_key == RoleKeyPlacement::Nested
+            && r.expiry_date_order == ExpiryDateOrder::DayFirst
+            && r.enabled_in_answers == EnabledFormat::Bool
+    }));
+    assert_eq!(
+        SandboxConfig::datonis().datonis_readings,
+        DatonisReadings::lenient()
+    );
+}
+
+#[test]
+fn cli_datonis_reading_flags_become_a_config() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sandbox: sandbox::SandboxArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "keypair-operator",
+        "--provider",
+        "datonis",
+        "--datonis-list-params",
+        "body",
+        "--datonis-update-role-key",
+        "top-level",
+        "--datonis-date-order",
+        "month-first",
+        "--datonis-enabled",
+        "string",
+        "--datonis-preexisting-keys",
+        "45",
+        "--datonis-ignore-page",
+    ])
+    .unwrap();
+    let (config, _) = cli.sandbox.into_config().unwrap();
+    assert_eq!(
+        config.datonis_readings,
+        DatonisReadings {
+            list_params: ListParamSource::Body,
+            update_role_key: RoleKeyPlacement::TopLevel,
+            expiry_date_order: ExpiryDateOrder::MonthFirst,
+            enabled_in_answers: EnabledFormat::String,
+            preexisting_keys: 45,
+            ignore_page: true,
+        }
+    );
+    let cli = Cli::try_parse_from(["keypair-operator", "--provider", "datonis"]).unwrap();
+    let (config, _) = cli.sandbox.into_config().unwrap();
+    assert_eq!(config.datonis_readings, DatonisReadings::lenient());
+    let cli = Cli::try_parse_from([
+        "keypair-operator",
+        "--provider",
+        "datonis",
+        "--datonis-preexisting-keys",
+        "100001",
+    ])
+    .unwrap();
+    assert!(cli.sandbox.into_config().is_err());
+    assert!(
+        Cli::try_parse_from([
+            "keypair-operator",
+            "--provider",
+            "datonis",
+            "--datonis-date-order",
+            "sideways"
         ])
         .is_err()
     );

@@ -15,7 +15,7 @@ mod redact;
 mod threatwinds;
 
 pub use datonis::{
-    DatonisClient, DatonisCredentials, EXPIRY_DATE_FORMAT, ListQuery, Page, SortOrder,
+    DateOrder, DatonisClient, DatonisCredentials, EXPIRY_DATE_FORMAT, ListQuery, Page, SortOrder,
     TimestampFormat,
 };
 pub use error::ProviderError;

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use super::{
     DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DEFAULT_DATONIS_ROLES, DEFAULT_SESSION_TOKEN,
-    Dialect, NewCodeAuth, PathCase, SandboxConfig, SandboxError, SandboxProvider,
-    ThreatWindsReadings, UnverifiedCheck, VerifyAuth,
+    DatonisReadings, Dialect, EnabledFormat, ExpiryDateOrder, ListParamSource, NewCodeAuth,
+    PathCase, RoleKeyPlacement, SandboxConfig, SandboxError, SandboxProvider, ThreatWindsReadings,
+    UnverifiedCheck, VerifyAuth,
 };
+
+/// Most pre-existing Datonis key pairs `--datonis-preexisting-keys` accepts.
+const MAX_PREEXISTING_KEYS: usize = 100_000;
 
 /// Arguments of `keypair-operator sandbox`: serve a fake-but-faithful provider API.
 /// Durations are written like `90s`, `30m`, `24h`, `1h30m`, `500ms` or `2d` (bare numbers
@@ -72,6 +76,24 @@ pub struct SandboxArgs {
     /// (a verified session owning the key).
     #[arg(long, value_enum, default_value_t = VerifyAuth::Ignored)]
     pub verify_auth: VerifyAuth,
+    /// Datonis: where the list call reads `page`, `per`, ... from.
+    #[arg(long, value_enum, default_value_t = ListParamSource::Either)]
+    pub datonis_list_params: ListParamSource,
+    /// Datonis: where an update reads `role_key` from (inside or beside `key_pair`).
+    #[arg(long, value_enum, default_value_t = RoleKeyPlacement::Either)]
+    pub datonis_update_role_key: RoleKeyPlacement,
+    /// Datonis: how a `dd/dd/yyyy` `expiry_date` is read.
+    #[arg(long, value_enum, default_value_t = ExpiryDateOrder::DayFirst)]
+    pub datonis_date_order: ExpiryDateOrder,
+    /// Datonis: how `enabled` is written in answers.
+    #[arg(long, value_enum, default_value_t = EnabledFormat::Bool)]
+    pub datonis_enabled: EnabledFormat,
+    /// Datonis: key pairs the default account holds from the start (unrelated to any client).
+    #[arg(long, value_name = "COUNT", default_value_t = 0)]
+    pub datonis_preexisting_keys: usize,
+    /// Datonis fault: the list call ignores `page` and always answers page 1.
+    #[arg(long)]
+    pub datonis_ignore_page: bool,
 }
 
 impl SandboxArgs {
@@ -103,6 +125,11 @@ impl SandboxArgs {
         }
         if has_duplicates(self.roles.iter().map(|(key, _)| key.clone())) {
             return invalid("--role given twice for the same role key");
+        }
+        if self.datonis_preexisting_keys > MAX_PREEXISTING_KEYS {
+            return invalid(&format!(
+                "--datonis-preexisting-keys must be at most {MAX_PREEXISTING_KEYS}"
+            ));
         }
         let session_tokens = if self.session_tokens.is_empty() {
             vec![DEFAULT_SESSION_TOKEN.to_owned()]
@@ -141,6 +168,14 @@ impl SandboxArgs {
                 unverified_check: self.unverified_check,
                 path_case: self.path_case,
                 verify_auth: self.verify_auth,
+            },
+            datonis_readings: DatonisReadings {
+                list_params: self.datonis_list_params,
+                update_role_key: self.datonis_update_role_key,
+                expiry_date_order: self.datonis_date_order,
+                enabled_in_answers: self.datonis_enabled,
+                preexisting_keys: self.datonis_preexisting_keys,
+                ignore_page: self.datonis_ignore_page,
             },
         };
         Ok((config, self.listen))

@@ -18,11 +18,15 @@
 //!   all/any). 422 for a `key_pair` field that fails validation: missing or unknown
 //!   `role_key`, missing or invalid `expiry_date`, `enabled` not a boolean or "true"/"false".
 //! - Parameters come from the query string and/or a JSON body (the docs send a body with
-//!   GET); a body value wins over a query value of the same name. Numbers may be JSON
+//!   GET); a body value wins over a query value of the same name. For the list call,
+//!   [`DatonisReadings::list_params`] can restrict this to one source (the other is then
+//!   ignored). Numbers may be JSON
 //!   numbers or strings. `page` is echoed as it came: a string if sent as one (the docs'
 //!   `"page": "2"`; query-string values are strings), else a number (default 1).
-//! - `expiry_date` in: `dd/mm/yyyy`, day first (the docs' "09/09/2016" cannot tell; Datonis
-//!   is an Indian service, where day-first is the norm), or ISO `yyyy-mm-dd`, or a full
+//! - `expiry_date` in: `dd/mm/yyyy`, day first by default (the docs' "09/09/2016" cannot
+//!   tell; Datonis is an Indian service, where day-first is the norm), or month first with
+//!   [`DatonisReadings::expiry_date_order`]; an impossible date (`25/12/2026` read month
+//!   first) is 422. Also ISO `yyyy-mm-dd`, or a full
 //!   RFC 3339 timestamp as the API returns it (taken as the date it falls on in the account's
 //!   zone, so a value read back round-trips). Out: midnight of that date in the account's
 //!   zone, in UTC, as `YYYY-MM-DDTHH:MM:SS.000Z`. Past dates are accepted.
@@ -39,8 +43,14 @@
 //!   `yyyy/mm/dd hh:mm:ss` in UTC (as in the docs' examples). These apply to every key-pair
 //!   response.
 //! - `PUT`: `key_pair` is required (it may be `{}` when `role_key` is sent beside it); a
-//!   `role_key` inside `key_pair` wins over one beside it; `updated_at` moves on every
-//!   successful update. `DELETE` → `{}`.
+//!   `role_key` inside `key_pair` wins over one beside it, unless
+//!   [`DatonisReadings::update_role_key`] makes the update read only one place (a
+//!   `role_key` in the other is ignored); `updated_at` moves on every successful update.
+//!   `POST` reads `role_key` from either place. `DELETE` → `{}`.
+//! - `enabled` is answered as a boolean, or as `"true"`/`"false"` with
+//!   [`DatonisReadings::enabled_in_answers`].
+//! - [`DatonisReadings::preexisting_keys`] seeds a fresh default account with unrelated key
+//!   pairs; [`DatonisReadings::ignore_page`] makes the list always answer page 1 (a fault).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +68,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::http::{ApiError, json_object, json_response, optional_json_object};
+use super::readings::{
+    DatonisReadings, EnabledFormat, ExpiryDateOrder, ListParamSource, RoleKeyPlacement,
+};
 use super::state::{Shared, now_ms, random_hex, random_url_safe};
 use super::{SandboxConfig, SandboxKey, SandboxProvider};
 
@@ -150,6 +163,45 @@ pub(crate) fn sandbox_keys(state: &DtState) -> Vec<SandboxKey> {
         .collect()
 }
 
+/// Seeds a fresh state with [`DatonisReadings::preexisting_keys`] unrelated key pairs of
+/// the default account: created ninety days ago (a minute apart, so `created_at` order is
+/// their creation order), with the configured roles in turn, every fourth one disabled, and
+/// expiries from three months ago to five months ahead. A state that has ever held a key
+/// pair (e.g. loaded from a state file) is left alone.
+pub(crate) fn init(state: &mut DtState, config: &SandboxConfig, now_ms: i64) {
+    const DAY_SECS: i64 = 86_400;
+    if state.next_seq != 0 {
+        return;
+    }
+    let now = now_ms.div_euclid(1000);
+    let offset = i64::from(config.utc_offset_minutes) * 60;
+    let today = (now + offset).div_euclid(DAY_SECS);
+    let fallback = ("0000000000".to_owned(), "Preexisting".to_owned());
+    for i in 0..config.datonis_readings.preexisting_keys {
+        let n = i64::try_from(i).unwrap_or(i64::MAX);
+        let (role_key, role_name) = config
+            .roles
+            .get(i % config.roles.len().max(1))
+            .unwrap_or(&fallback)
+            .clone();
+        let created_at = now - 90 * DAY_SECS + n.saturating_mul(60);
+        state.next_seq += 1;
+        let key = Key {
+            key: random_hex(KEY_LEN),
+            secret: random_hex(KEY_LEN),
+            enabled: i % 4 != 0,
+            expiry: (today + (n % 9 - 3) * 30) * DAY_SECS - offset,
+            role_key,
+            role_name,
+            account: DEFAULT_ACCOUNT.to_owned(),
+            created_at,
+            updated_at: created_at,
+            seq: state.next_seq,
+        };
+        state.keys.insert(key.key.clone(), key);
+    }
+}
+
 /// Checks `X-Auth-Token` and restarts its idle clock; returns the token's account.
 fn authenticate(
     state: &mut DtState,
@@ -184,7 +236,27 @@ struct Params(Map<String, Value>);
 
 impl Params {
     fn parse(query: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
+        Self::parse_from(query, body, ListParamSource::Either)
+    }
+
+    /// Parameters from the sources `source` allows; the other source is ignored entirely
+    /// (not even checked for being well-formed).
+    fn parse_from(
+        query: Option<&str>,
+        body: &[u8],
+        source: ListParamSource,
+    ) -> Result<Self, ApiError> {
         let mut map = Map::new();
+        if source != ListParamSource::Body {
+            Self::add_query(&mut map, query);
+        }
+        if source != ListParamSource::Query {
+            map.extend(optional_json_object(body)?);
+        }
+        Ok(Params(map))
+    }
+
+    fn add_query(map: &mut Map<String, Value>, query: Option<&str>) {
         for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             let value = Value::String(value.into_owned());
             match name.strip_suffix("[]") {
@@ -199,8 +271,6 @@ impl Params {
                 }
             }
         }
-        map.extend(optional_json_object(body)?);
-        Ok(Params(map))
     }
 
     fn get(&self, name: &str) -> Option<&Value> {
@@ -293,12 +363,13 @@ fn boolean(value: &Value) -> Option<bool> {
 /// How key pairs are written out in a response.
 struct View {
     string_timestamps: bool,
+    string_enabled: bool,
     fields: Option<Vec<String>>,
     pretty: bool,
 }
 
 impl View {
-    fn parse(params: &Params) -> Result<Self, ApiError> {
+    fn parse(params: &Params, readings: &DatonisReadings) -> Result<Self, ApiError> {
         let string_timestamps = match params.string("timestamp_format")? {
             None | Some("int") => false,
             Some("str") => true,
@@ -314,6 +385,7 @@ impl View {
         };
         Ok(View {
             string_timestamps,
+            string_enabled: readings.enabled_in_answers == EnabledFormat::String,
             fields: fields.filter(|fields| !fields.is_empty()),
             pretty: params.flag("pretty")?,
         })
@@ -334,7 +406,12 @@ impl View {
         object.insert("access_key".into(), json!(key.key));
         object.insert("key_pair_key".into(), json!(key.key));
         object.insert("secret_key".into(), json!(key.secret));
-        object.insert("enabled".into(), json!(key.enabled));
+        let enabled = if self.string_enabled {
+            json!(key.enabled.to_string())
+        } else {
+            json!(key.enabled)
+        };
+        object.insert("enabled".into(), enabled);
         object.insert("expiry_date".into(), json!(iso_timestamp(key.expiry)));
         object.insert("created_at".into(), self.timestamp(key.created_at));
         object.insert("updated_at".into(), self.timestamp(key.updated_at));
@@ -359,10 +436,10 @@ fn iso_timestamp(secs: i64) -> String {
 
 /// Midnight (in the account's zone) of the date `text` names, as unix seconds; see the
 /// module docs for the accepted forms.
-fn parse_expiry(text: &str, utc_offset_minutes: i32) -> Option<i64> {
+fn parse_expiry(text: &str, utc_offset_minutes: i32, order: ExpiryDateOrder) -> Option<i64> {
     let text = text.trim();
     let zone = FixedOffset::east_opt(utc_offset_minutes.checked_mul(60)?)?;
-    let date = NaiveDate::parse_from_str(text, "%d/%m/%Y")
+    let date = NaiveDate::parse_from_str(text, order.format())
         .or_else(|_| NaiveDate::parse_from_str(text, "%Y-%m-%d"))
         .ok()
         .or_else(|| {
@@ -520,14 +597,24 @@ struct Changes {
 }
 
 impl Changes {
-    fn parse(params: &Params, config: &SandboxConfig) -> Result<Self, ApiError> {
+    /// The fields of `key_pair`; `role_key` is read from where `placement` says.
+    fn parse(
+        params: &Params,
+        config: &SandboxConfig,
+        placement: RoleKeyPlacement,
+    ) -> Result<Self, ApiError> {
         let key_pair = match params.get("key_pair") {
             Some(Value::Object(key_pair)) => key_pair,
             Some(_) => return Err(ApiError::bad_request("key_pair must be an object")),
             None => return Err(ApiError::bad_request("key_pair is required")),
         };
         let field = |name: &str| key_pair.get(name).filter(|value| !value.is_null());
-        let role = match field("role_key").or_else(|| params.get("role_key")) {
+        let role_key = match placement {
+            RoleKeyPlacement::Nested => field("role_key"),
+            RoleKeyPlacement::TopLevel => params.get("role_key"),
+            RoleKeyPlacement::Either => field("role_key").or_else(|| params.get("role_key")),
+        };
+        let role = match role_key {
             None => None,
             Some(Value::String(role_key)) => Some(
                 config
@@ -544,7 +631,13 @@ impl Changes {
             Some(value) => Some(
                 value
                     .as_str()
-                    .and_then(|text| parse_expiry(text, config.utc_offset_minutes))
+                    .and_then(|text| {
+                        parse_expiry(
+                            text,
+                            config.utc_offset_minutes,
+                            config.datonis_readings.expiry_date_order,
+                        )
+                    })
                     .ok_or_else(|| ApiError::unprocessable("expiry_date is invalid"))?,
             ),
         };
@@ -637,7 +730,8 @@ async fn list(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> ApiResult {
-    let params = Params::parse(query.as_deref(), &body);
+    let readings = &shared.config.datonis_readings;
+    let params = Params::parse_from(query.as_deref(), &body, readings.list_params);
     let now = now_ms();
     let idle = shared.config.token_idle_timeout;
     shared.read(|state| {
@@ -645,8 +739,12 @@ async fn list(
         let account = authenticate(dt, &headers, now, idle)?;
         let params = params?;
         let account = params.account(&account)?;
-        let query = ListQuery::parse(&params)?;
-        let view = View::parse(&params)?;
+        let mut query = ListQuery::parse(&params)?;
+        if readings.ignore_page {
+            query.page = 1;
+            query.page_echo = json!(1);
+        }
+        let view = View::parse(&params, readings)?;
         let mut keys: Vec<&Key> = dt
             .keys
             .values()
@@ -682,7 +780,7 @@ async fn show(
         let account = authenticate(dt, &headers, now, idle)?;
         let params = params?;
         let account = params.account(&account)?;
-        let view = View::parse(&params)?;
+        let view = View::parse(&params, &shared.config.datonis_readings)?;
         let key = dt
             .keys
             .get(&key)
@@ -707,8 +805,8 @@ async fn create(
             let account = authenticate(dt, &headers, now, config.token_idle_timeout)?;
             let params = params?;
             let account = params.account(&account)?;
-            let view = View::parse(&params)?;
-            let changes = Changes::parse(&params, config)?;
+            let view = View::parse(&params, &config.datonis_readings)?;
+            let changes = Changes::parse(&params, config, RoleKeyPlacement::Either)?;
             let (role_key, role_name) = changes
                 .role
                 .ok_or_else(|| ApiError::unprocessable("role_key is required"))?;
@@ -751,8 +849,9 @@ async fn update(
             let account = authenticate(dt, &headers, now, config.token_idle_timeout)?;
             let params = params?;
             let account = params.account(&account)?;
-            let view = View::parse(&params)?;
-            let changes = Changes::parse(&params, config)?;
+            let view = View::parse(&params, &config.datonis_readings)?;
+            let placement = config.datonis_readings.update_role_key;
+            let changes = Changes::parse(&params, config, placement)?;
             let key = dt
                 .keys
                 .get_mut(&key)
@@ -790,7 +889,7 @@ async fn destroy(
             let account = authenticate(dt, &headers, now, idle)?;
             let params = params?;
             let account = params.account(&account)?;
-            let view = View::parse(&params)?;
+            let view = View::parse(&params, &shared.config.datonis_readings)?;
             if dt.keys.get(&key).is_none_or(|k| k.account != account) {
                 return Err(key_pair_not_found());
             }
@@ -808,21 +907,78 @@ fn key_pair_not_found() -> ApiError {
 mod tests {
     use super::*;
 
+    const DAY: ExpiryDateOrder = ExpiryDateOrder::DayFirst;
+    const MONTH: ExpiryDateOrder = ExpiryDateOrder::MonthFirst;
+
     #[test]
     fn expiry_is_midnight_of_the_account_zone() {
         // The docs' example: an account on India time.
-        let secs = parse_expiry("09/09/2016", 330).map(iso_timestamp);
+        let secs = parse_expiry("09/09/2016", 330, DAY).map(iso_timestamp);
         assert_eq!(secs.as_deref(), Some("2016-09-08T18:30:00.000Z"));
-        let secs = parse_expiry("2016-09-09", 0).map(iso_timestamp);
+        let secs = parse_expiry("2016-09-09", 0, DAY).map(iso_timestamp);
         assert_eq!(secs.as_deref(), Some("2016-09-09T00:00:00.000Z"));
         // Day first: 01/02 is the 1st of February.
-        let secs = parse_expiry("01/02/2020", 0).map(iso_timestamp);
+        let secs = parse_expiry("01/02/2020", 0, DAY).map(iso_timestamp);
         assert_eq!(secs.as_deref(), Some("2020-02-01T00:00:00.000Z"));
         // A returned value round-trips.
-        let secs = parse_expiry("2016-09-08T18:30:00.000Z", 330).map(iso_timestamp);
+        let secs = parse_expiry("2016-09-08T18:30:00.000Z", 330, DAY).map(iso_timestamp);
         assert_eq!(secs.as_deref(), Some("2016-09-08T18:30:00.000Z"));
-        assert_eq!(parse_expiry("31/02/2016", 0), None);
-        assert_eq!(parse_expiry("garbage", 0), None);
-        assert_eq!(parse_expiry("01/01/99999", 0), None);
+        assert_eq!(parse_expiry("31/02/2016", 0, DAY), None);
+        assert_eq!(parse_expiry("garbage", 0, DAY), None);
+        assert_eq!(parse_expiry("01/01/99999", 0, DAY), None);
+    }
+
+    #[test]
+    fn expiry_month_first_reads_month_then_day_and_refuses_impossible_dates() {
+        let secs = parse_expiry("01/02/2020", 0, MONTH).map(iso_timestamp);
+        assert_eq!(secs.as_deref(), Some("2020-01-02T00:00:00.000Z"));
+        let secs = parse_expiry("12/25/2026", 330, MONTH).map(iso_timestamp);
+        assert_eq!(secs.as_deref(), Some("2026-12-24T18:30:00.000Z"));
+        assert_eq!(parse_expiry("25/12/2026", 0, MONTH), None);
+        assert_eq!(parse_expiry("12/25/2026", 0, DAY), None);
+        // ISO dates mean the same in both readings.
+        assert_eq!(
+            parse_expiry("2026-03-05", 0, MONTH),
+            parse_expiry("2026-03-05", 0, DAY)
+        );
+    }
+
+    #[test]
+    fn params_from_one_source_ignore_the_other() {
+        let body = br#"{"page": "3"}"#;
+        let query = Some("page=2&per=5");
+        let both = Params::parse_from(query, body, ListParamSource::Either).expect("either");
+        assert_eq!(both.get("page"), Some(&json!("3")));
+        assert_eq!(both.get("per"), Some(&json!("5")));
+        let only_body = Params::parse_from(query, body, ListParamSource::Body).expect("body");
+        assert_eq!(only_body.get("page"), Some(&json!("3")));
+        assert_eq!(only_body.get("per"), None);
+        let only_query = Params::parse_from(query, b"{not json", ListParamSource::Query)
+            .expect("a broken body is ignored too");
+        assert_eq!(only_query.get("page"), Some(&json!("2")));
+    }
+
+    #[test]
+    fn preexisting_keys_are_seeded_once_into_a_fresh_default_account() {
+        let mut config = SandboxConfig::datonis();
+        config.datonis_readings.preexisting_keys = 45;
+        let mut state = DtState::default();
+        let now = 1_800_000_000_000;
+        init(&mut state, &config, now);
+        assert_eq!(state.keys.len(), 45);
+        assert!(state.keys.values().all(|k| k.account == DEFAULT_ACCOUNT));
+        let roles: std::collections::HashSet<_> =
+            state.keys.values().map(|k| k.role_key.clone()).collect();
+        assert_eq!(roles.len(), config.roles.len());
+        assert!(state.keys.values().any(|k| !k.enabled));
+        assert!(
+            state
+                .keys
+                .values()
+                .all(|k| k.created_at < now / 1000 - 86_400)
+        );
+        // Not again (a restart with a state file keeps what is there).
+        init(&mut state, &config, now);
+        assert_eq!(state.keys.len(), 45);
     }
 }

@@ -26,6 +26,7 @@ mod control;
 mod datonis;
 mod faults;
 mod http;
+mod readings;
 mod state;
 mod threatwinds;
 mod tw_readings;
@@ -46,6 +47,9 @@ pub use cli::SandboxArgs;
 pub use control::SandboxStats;
 pub use faults::{CommitThenFail, FaultConfig};
 pub use tw_readings::{NewCodeAuth, PathCase, ThreatWindsReadings, UnverifiedCheck, VerifyAuth};
+pub use readings::{
+    DatonisReadings, EnabledFormat, ExpiryDateOrder, ListParamSource, RoleKeyPlacement,
+};
 
 use state::{Shared, State};
 
@@ -126,6 +130,8 @@ pub struct SandboxConfig {
     pub state_file: Option<PathBuf>,
     /// ThreatWinds: how the points the docs leave open are read (default: lenient).
     pub threatwinds_readings: ThreatWindsReadings,
+    /// Datonis: which reading of the docs' open points the sandbox follows (default: all).
+    pub datonis_readings: DatonisReadings,
 }
 
 impl SandboxConfig {
@@ -150,6 +156,7 @@ impl SandboxConfig {
                 .collect(),
             state_file: None,
             threatwinds_readings: ThreatWindsReadings::default(),
+            datonis_readings: DatonisReadings::default(),
         }
     }
 
@@ -251,6 +258,9 @@ pub async fn spawn(
     };
     if config.provider == SandboxProvider::Threatwinds {
         threatwinds::init(&mut state.threatwinds, &config, state::now_ms());
+    }
+    if config.provider == SandboxProvider::Datonis {
+        datonis::init(&mut state.datonis, &config, state::now_ms());
     }
     let shared = Arc::new(Shared::new(config, state));
     shared.persist_initial().await?;
