@@ -407,6 +407,8 @@ const READY_FALSE: &[(&str, &str)] = &[
     (reason::INVALID_SPEC, "Degraded"),
     (reason::REMOTE_REJECTED, "Degraded"),
     (reason::RATE_LIMITED, "Degraded"),
+    (reason::PERMISSION_DENIED, "Degraded"),
+    (reason::INCONSISTENT_STATUS, "Degraded"),
     (reason::REMOTE_UNAVAILABLE, "Degraded"),
     (reason::UNEXPECTED_RESPONSE, "Degraded"),
     (reason::SECRET_CONFLICT, "Degraded"),

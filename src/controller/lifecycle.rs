@@ -46,7 +46,7 @@ use super::plan::{
     VerificationStep, VerifyOutcome,
 };
 use super::secret::{self, Credentials, SecretContents, SecretView};
-use super::state::{Intent, KeyRecord, KeyState, Replacement};
+use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification};
 use super::{Error, REQUEST_NEW_CODE_ANNOTATION};
 use crate::conditions::{self, READY, VERIFIED, reason, status};
 use crate::crd::{
@@ -672,7 +672,18 @@ impl<'a> Run<'a> {
             self.create(CreatePurpose::Replace, Some(&key)).await?;
             return Ok(SOON);
         }
+        let was_verified = key.verification.usable();
         let waiting = self.verification(replacement.as_ref(), &view).await?;
+        if !was_verified && self.status.verified == Some(true) {
+            // Verified just now: check it with its own credentials, as every verified key.
+            let verified = KeyRecord {
+                verification: Verification::Verified,
+                ..key.clone()
+            };
+            if let Some(requeue) = self.observe(&verified, None, &view).await? {
+                return Ok(requeue);
+            }
+        }
         if self.status.pending_key.as_ref().map(|p| p.waiting_for)
             == Some(ReplacementStage::Promotion)
         {
@@ -947,7 +958,13 @@ impl<'a> Run<'a> {
         let Some(creds) = creds.cloned() else {
             return Ok(Some(reason::AWAITING_VERIFICATION_CODE));
         };
-        let step = self.verification_step(for_replacement).await?;
+        let mut step = self.verification_step(for_replacement).await?;
+        if let VerificationStep::RequestNewCode { requested } = step.0 {
+            self.request_new_code(requested, for_replacement, &creds)
+                .await?;
+            // The code may be there already: look with the new code id right away.
+            step = self.verification_step(for_replacement).await?;
+        }
         let waiting = self
             .run_verification_step(step, for_replacement, &creds, view)
             .await?;

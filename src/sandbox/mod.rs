@@ -46,10 +46,10 @@ use tokio_util::sync::CancellationToken;
 pub use cli::SandboxArgs;
 pub use control::SandboxStats;
 pub use faults::{CommitThenFail, FaultConfig};
-pub use tw_readings::{NewCodeAuth, PathCase, ThreatWindsReadings, UnverifiedCheck, VerifyAuth};
 pub use readings::{
     DatonisReadings, EnabledFormat, ExpiryDateOrder, ListParamSource, RoleKeyPlacement,
 };
+pub use tw_readings::{NewCodeAuth, PathCase, ThreatWindsReadings, UnverifiedCheck, VerifyAuth};
 
 use state::{Shared, State};
 
