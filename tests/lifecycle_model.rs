@@ -176,13 +176,13 @@ struct ModelCluster {
 
 #[async_trait::async_trait]
 impl Cluster for ModelCluster {
-    async fn write_status(&self, status: &ApiKeyPairStatus, fence: bool) -> Result<(), Error> {
+    async fn write_status(&self, status: &ApiKeyPairStatus) -> Result<(), Error> {
         let mut w = lock(&self.world);
         if !w.faults.effect() {
             return Err(crash_error());
         }
         let mut read = self.read_version.lock().unwrap_or_else(|e| e.into_inner());
-        if fence && *read != w.resource_version {
+        if *read != w.resource_version {
             return Err(Error::Stale);
         }
         w.akp.status = Some(status.clone());

@@ -197,15 +197,13 @@ impl KubeCluster {
 
 #[async_trait::async_trait]
 impl Cluster for KubeCluster {
-    async fn write_status(&self, status: &ApiKeyPairStatus, fence: bool) -> Result<(), Error> {
-        let mut patch = json!({
+    async fn write_status(&self, status: &ApiKeyPairStatus) -> Result<(), Error> {
+        let patch = json!({
             "apiVersion": ApiKeyPair::api_version(&()),
             "kind": ApiKeyPair::kind(&()),
+            "metadata": { "resourceVersion": self.resource_version() },
             "status": status,
         });
-        if fence {
-            patch["metadata"] = json!({ "resourceVersion": self.resource_version() });
-        }
         let params = PatchParams::apply(MANAGER).force();
         let name = self.akp.name_any();
         match self

@@ -79,10 +79,9 @@ const SOON: Duration = Duration::from_millis(500);
 /// What the lifecycle needs from Kubernetes for one `ApiKeyPair`.
 #[async_trait::async_trait]
 pub trait Cluster: Send + Sync {
-    /// Writes the status. With `fence`, the write succeeds only if the object is still at
-    /// the version this reconcile last read or wrote ([`Error::Stale`] otherwise), even
-    /// when nothing changed.
-    async fn write_status(&self, status: &ApiKeyPairStatus, fence: bool) -> Result<(), Error>;
+    /// Writes the status if the object is still at the version this reconcile last read or
+    /// wrote ([`Error::Stale`] otherwise), even when nothing changed: a fence.
+    async fn write_status(&self, status: &ApiKeyPairStatus) -> Result<(), Error>;
     /// The Secret called `name`; `fresh` reads the API server instead of the watch cache.
     async fn read_secret(&self, name: &str, fresh: bool) -> Result<Option<Secret>, Error>;
     /// Applies a desired Secret (skipped when it is already so).
@@ -185,12 +184,14 @@ impl<'a> Run<'a> {
         self.cluster.event(type_, reason, action, note).await;
     }
 
-    /// Writes the status when it changed; with `fence`, always, as a precondition.
+    /// Writes the status when it changed; with `fence`, always, as a precondition. Every
+    /// write carries the resourceVersion this reconcile read (or last wrote): a reconcile
+    /// working from a stale cached object never overwrites a newer status.
     async fn write(&mut self, fence: bool) -> Result<(), Error> {
         if self.status == self.written && !fence {
             return Ok(());
         }
-        self.cluster.write_status(&self.status, fence).await?;
+        self.cluster.write_status(&self.status).await?;
         self.written = self.status.clone();
         Ok(())
     }
@@ -355,7 +356,7 @@ impl<'a> Run<'a> {
             Ok(created) => created,
             Err(e) => {
                 if plan::create_error_clears_intent(&e) {
-                    self.status.pending_create = None;
+                    self.forget_intent(purpose);
                 }
                 return Err(e.into());
             }
@@ -527,11 +528,36 @@ impl<'a> Run<'a> {
                     note,
                 )
                 .await;
-                self.status.pending_create = None;
+                return self.give_up_attempt(&intent).await;
             }
-            Recovery::Retry => self.status.pending_create = None,
+            Recovery::Retry => return self.give_up_attempt(&intent).await,
         }
         self.write(true).await
+    }
+
+    /// An attempt left nothing usable: forget it and try again with growing back-off (the
+    /// error keeps the reconcile from counting as progress).
+    async fn give_up_attempt(&mut self, intent: &Intent) -> Result<(), Error> {
+        self.forget_intent(intent.purpose);
+        self.write(true).await?;
+        Err(Error::Retrying(format!(
+            "create attempt {} left no usable key pair; trying again",
+            intent.attempt
+        )))
+    }
+
+    /// Clears the intent. An attempt that retired the previous key also forgets that key:
+    /// it is deleted, so the next reconcile creates anew instead of serving it.
+    fn forget_intent(&mut self, purpose: CreatePurpose) {
+        self.status.pending_create = None;
+        if retires_previous(purpose) {
+            let s = &mut self.status;
+            s.key_id = None;
+            s.api_key = None;
+            s.verified = None;
+            s.verification_code_id = None;
+            s.submitted_code_hash = None;
+        }
     }
 
     /// Adopts an attempt's key whose credentials reached the Secret. Its code id was in
@@ -571,10 +597,29 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         let view = self.secret_view(true).await?;
-        let swapped = view.current().map(|c| c.api_key.as_str()) == Some(new.api_key.as_str());
-        if !swapped && pending.waiting_for != ReplacementStage::Promotion {
-            // The cache lagged: the replacement is not in the Secret yet.
-            return Ok(());
+        let holds =
+            |c: Option<&Credentials>| c.map(|c| c.api_key.as_str()) == Some(new.api_key.as_str());
+        if !holds(view.current()) {
+            match (pending.waiting_for, view.pending().cloned()) {
+                // Verified, but the swap did not reach the Secret (or was reverted): redo it.
+                (ReplacementStage::Promotion, Some(creds)) if holds(Some(&creds)) => {
+                    let contents = SecretContents {
+                        current: creds,
+                        pending: None,
+                    };
+                    self.apply_secret(&contents).await?;
+                }
+                // The cache lagged: the replacement is not in the Secret yet.
+                (ReplacementStage::VerificationCode, _) => return Ok(()),
+                // The replacement's credentials are gone: the old key keeps serving.
+                _ => {
+                    let replacement = Replacement {
+                        key: new,
+                        stage: pending.waiting_for,
+                    };
+                    return self.abandon_replacement(&replacement).await;
+                }
+            }
         }
         self.write(true).await?;
         self.delete_remote(&old.key_id).await?;
@@ -725,7 +770,12 @@ impl<'a> Run<'a> {
             view = self.secret_view(true).await?;
         }
         match plan::secret_repair(self.kind, key, replacement, &view) {
-            SecretRepair::Intact => Ok(Repaired::Continue(view)),
+            SecretRepair::Intact => {
+                self.backfill_layout();
+                Ok(Repaired::Continue(view))
+            }
+            // The swap is in the Secret; the next reconcile finishes the promotion.
+            SecretRepair::Promoted => Ok(Repaired::StartedOver(SOON)),
             SecretRepair::ReplacementLost => {
                 if let Some(replacement) = replacement {
                     self.abandon_replacement(replacement).await?;
@@ -757,6 +807,20 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Statuses written before the provider and the Secret layout were recorded get them
+    /// now, from a Secret that holds the key under the spec's layout: an edit of either is
+    /// then handled (moved or refused) instead of taken for a lost or missing key.
+    fn backfill_layout(&mut self) {
+        let s = &mut self.status;
+        if s.provider_ref.is_none() {
+            s.provider_ref = Some(self.akp.spec.provider_ref.clone());
+        }
+        if s.secret_name.is_none() || s.secret_keys.is_none() {
+            s.secret_name = Some(secret::secret_name(self.akp));
+            s.secret_keys = Some(secret::data_keys(self.akp));
+        }
+    }
+
     async fn restore_from_provider(&mut self, key: &KeyRecord) -> Result<Repaired, Error> {
         let lookup = KeyLookup {
             key_id: key.key_id.clone(),
@@ -765,7 +829,15 @@ impl<'a> Run<'a> {
         };
         let remote = match self.provider.get(&lookup).await {
             Ok(remote) => remote,
-            Err(ProviderError::NotFound { .. }) => {
+            Err(e @ ProviderError::NotFound { .. }) => {
+                // One 404 is not proof: a complete list must agree.
+                let listed = self.provider.list().await?;
+                if !matches!(
+                    plan::confirmation(&key.key_id, &listed, &e),
+                    Confirmation::Missing
+                ) {
+                    return Err(e.into());
+                }
                 let why = "the key pair is gone at the provider";
                 let requeue = self.start_over(CreatePurpose::RemoteKeyMissing, key, None, why);
                 return Ok(Repaired::StartedOver(requeue.await?));
@@ -819,12 +891,15 @@ impl<'a> Run<'a> {
                     Confirmation::Inconclusive => return Err(error.into()),
                     Confirmation::Unverified(remote) => *remote,
                     Confirmation::Missing => return self.gone(key, replacement).await,
-                    Confirmation::SecretMismatch => {
-                        let why = "the API secret in the Secret no longer matches the key pair";
-                        let started =
-                            self.start_over(CreatePurpose::SecretLost, key, replacement, why);
-                        return Ok(Some(started.await?));
-                    }
+                    Confirmation::SecretMismatch => match self.recheck_credentials(key).await? {
+                        Some(remote) => remote,
+                        None => {
+                            let why = "the API secret in the Secret no longer matches the key pair";
+                            let started =
+                                self.start_over(CreatePurpose::SecretLost, key, replacement, why);
+                            return Ok(Some(started.await?));
+                        }
+                    },
                 }
             }
         };
@@ -832,6 +907,22 @@ impl<'a> Run<'a> {
         self.record_observation(&remote);
         self.update_datonis(key, &remote).await?;
         Ok(None)
+    }
+
+    /// A second check of a verified key whose credentials were refused once, with the
+    /// Secret read fresh (the cache may have lagged): `None` if they are refused again.
+    async fn recheck_credentials(&self, key: &KeyRecord) -> Result<Option<RemoteKeyPair>, Error> {
+        let view = self.secret_view(true).await?;
+        let request = KeyLookup {
+            key_id: key.key_id.clone(),
+            api_key: key.api_key.clone(),
+            api_secret: view.current().map(|c| c.api_secret.clone()),
+        };
+        match self.provider.get(&request).await {
+            Ok(remote) => Ok(Some(remote)),
+            Err(ProviderError::Unauthorized { .. }) if request.api_secret.is_some() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The key is gone at the provider: an expired key stays expired; any other is recreated.
@@ -1093,6 +1184,16 @@ impl<'a> Run<'a> {
         for_replacement: bool,
         view: &SecretView,
     ) -> Result<Option<&'static str>, Error> {
+        // An earlier submission may have verified the key and lost its answer (the code is
+        // then used up and refused): the session's list tells.
+        let outcome = match outcome {
+            VerifyOutcome::Verified => VerifyOutcome::Verified,
+            other if self.verified_meanwhile(for_replacement).await => {
+                debug!(?other, "the key was verified by an earlier submission");
+                VerifyOutcome::Verified
+            }
+            other => other,
+        };
         match outcome {
             VerifyOutcome::Verified => {
                 let note = "the key pair was verified with the emailed code".to_owned();
@@ -1116,6 +1217,20 @@ impl<'a> Run<'a> {
             }
             VerifyOutcome::NotDelivered(e) => Err(e.into()),
         }
+    }
+
+    /// Whether the provider's list shows the waiting key as verified already.
+    async fn verified_meanwhile(&self, for_replacement: bool) -> bool {
+        let key_id = match for_replacement {
+            true => self.status.pending_key.as_ref().map(|p| p.key_id.clone()),
+            false => self.status.key_id.clone(),
+        };
+        let Ok(listed) = self.provider.list().await else {
+            return false;
+        };
+        listed
+            .iter()
+            .any(|k| Some(&k.key_id) == key_id.as_ref() && k.verified == Some(true))
     }
 
     /// Swaps the verified replacement into the Secret's current slot (one apply), then
@@ -1170,9 +1285,16 @@ impl<'a> Run<'a> {
             .collect();
         if let KeyState::Creating { intent, .. } = &state {
             let candidates = self.attempt_candidates(intent).await?;
-            if self.kind == ProviderKind::Threatwinds || candidates.len() == 1 {
-                doomed.extend(candidates.into_iter().map(|k| k.key_id));
+            if self.kind == ProviderKind::Datonis && candidates.len() > 1 {
+                // Indistinguishable keys: deleting any could take another resource's.
+                return Err(Error::CreateAmbiguous(format!(
+                    "{} key pairs match the interrupted create attempt {}; delete the right one at the provider, then set the {} annotation",
+                    candidates.len(),
+                    intent.attempt,
+                    super::FORCE_ORPHAN_ANNOTATION
+                )));
             }
+            doomed.extend(candidates.into_iter().map(|k| k.key_id));
         }
         for key_id in &doomed {
             self.delete_remote(key_id).await?;
@@ -1260,8 +1382,9 @@ pub async fn report(
     error: &Error,
     action: &str,
 ) -> Result<(), Error> {
-    if matches!(error, Error::Stale) {
-        // Nothing to tell: the next reconcile works from the new version.
+    if matches!(error, Error::Stale | Error::Retrying(_)) {
+        // Nothing new to tell: the next reconcile works from the new version, or the
+        // failure that interrupted the attempt is already in `Ready`.
         return Ok(());
     }
     let was = conditions::find(&status.conditions, READY).map(|c| c.reason.clone());
@@ -1275,7 +1398,11 @@ pub async fn report(
     let generation_moved = status.observed_generation != akp.metadata.generation;
     status.observed_generation = akp.metadata.generation;
     if changed || generation_moved || dirty {
-        cluster.write_status(status, false).await?;
+        match cluster.write_status(status).await {
+            // A newer version exists: the next reconcile reports from it.
+            Err(Error::Stale) => return Ok(()),
+            other => other?,
+        }
     }
     if was.as_deref() != Some(error.reason()) {
         cluster

@@ -219,6 +219,9 @@ pub enum Error {
     /// An interrupted create left keys that cannot be told apart safely.
     #[error("{0}")]
     CreateAmbiguous(String),
+    /// A create attempt left nothing usable and is tried again (with back-off).
+    #[error("{0}")]
+    Retrying(String),
     /// The status contradicts itself; nothing is guessed.
     #[error("{0}")]
     InconsistentStatus(#[from] state::InconsistentStatus),
@@ -248,7 +251,9 @@ impl Error {
     /// The condition reason that describes this error.
     pub fn reason(&self) -> &'static str {
         match self.unwrapped() {
-            Error::Kube(_) | Error::Stale | Error::Finalizer(_) => reason::PROGRESSING,
+            Error::Kube(_) | Error::Stale | Error::Retrying(_) | Error::Finalizer(_) => {
+                reason::PROGRESSING
+            }
             Error::Provider(e) => provider_reason(e),
             Error::ProviderNotFound(_) => reason::PROVIDER_NOT_FOUND,
             Error::ProviderNotAllowed(_) => reason::PROVIDER_NOT_ALLOWED,
@@ -263,7 +268,7 @@ impl Error {
     /// Whether retrying soon can help (as opposed to waiting for a spec or Secret change).
     pub fn is_retryable(&self) -> bool {
         match self.unwrapped() {
-            Error::Kube(_) | Error::Stale | Error::Finalizer(_) => true,
+            Error::Kube(_) | Error::Stale | Error::Retrying(_) | Error::Finalizer(_) => true,
             Error::Provider(e) => e.is_retryable(),
             // Fixed by someone else (a provider appears, a Secret is created): the watches
             // trigger a reconcile then, and a slow retry covers what they cannot see.
@@ -347,6 +352,28 @@ fn user_changes(akp: &ApiKeyPair) -> Option<u64> {
     akp.metadata.finalizers.hash(&mut hasher);
     akp.metadata.deletion_timestamp.is_some().hash(&mut hasher);
     Some(hasher.finish())
+}
+
+/// Provider changes that concern the `ApiKeyPair`s using them: the spec, and whether the
+/// provider is ready (with its reason). Its other status writes (session extensions) do
+/// not reconcile every key pair.
+fn provider_changes<P: providers::ProviderResource>(
+    api: Api<P>,
+) -> impl futures::Stream<Item = Result<P, watcher::Error>> + Send + 'static {
+    let relevant = |p: &P| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        p.meta().generation.hash(&mut hasher);
+        let ready = p
+            .provider_status()
+            .and_then(|s| crate::conditions::find(&s.conditions, crate::conditions::READY));
+        ready.map(|c| (&c.status, &c.reason)).hash(&mut hasher);
+        Some(hasher.finish())
+    };
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(relevant, Default::default())
 }
 
 /// How the controllers run.
@@ -452,8 +479,10 @@ pub async fn run(
                     .state()
                     .into_iter()
                     .filter(|akp| {
-                        akp.spec.provider_ref.kind == kind
-                            && akp.spec.provider_ref.name == provider_name
+                        // The provider the key lives at (an edit of the reference is refused).
+                        let reference = plan::provider_ref_in_use(akp);
+                        reference.kind == kind
+                            && reference.name == provider_name
                             && (provider_ns.is_none() || akp.namespace() == provider_ns)
                     })
                     .map(|akp| ObjectRef::from_obj(akp.as_ref()))
@@ -467,14 +496,11 @@ pub async fn run(
         );
         let controller = controller
             .owns_stream(secret_stream)
-            .watches(
-                kpp.clone(),
-                watcher::Config::default(),
-                move |p: KeyPairProvider| namespaced_map(p.name_any(), p.namespace()),
-            )
-            .watches(
-                Api::<ClusterKeyPairProvider>::all(client.clone()),
-                watcher::Config::default(),
+            .watches_stream(provider_changes(kpp.clone()), move |p: KeyPairProvider| {
+                namespaced_map(p.name_any(), p.namespace())
+            })
+            .watches_stream(
+                provider_changes(Api::<ClusterKeyPairProvider>::all(client.clone())),
                 move |p: ClusterKeyPairProvider| cluster_map(p.name_any(), None),
             )
             .graceful_shutdown_on(shutdown.clone())

@@ -9,7 +9,7 @@ use crate::conditions::{reason, status};
 use crate::crd::{ApiKeyPair, ApiKeyPairStatus, DeletionPolicy, ProviderRef, ReplacementStage};
 use crate::provider::{ProviderError, ProviderKind, RemoteKeyPair, UpdateKeyPair};
 
-use super::secret::SecretView;
+use super::secret::{Credentials, SecretView};
 use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification};
 
 /// The structural next step of an `ApiKeyPair` reconcile.
@@ -105,6 +105,8 @@ pub enum SecretRepair {
     Lost,
     /// The replacement's secret is gone (ThreatWinds): abandon the replacement.
     ReplacementLost,
+    /// The Secret already serves the verified replacement: finish the promotion.
+    Promoted,
 }
 
 /// Decides how to repair the Secret of a key (and of a waiting replacement).
@@ -114,8 +116,10 @@ pub fn secret_repair(
     replacement: Option<&Replacement>,
     secret: &SecretView,
 ) -> SecretRepair {
+    let promoted = |c: &Credentials| replacement.is_some_and(|r| r.key.api_key == c.api_key);
     let current = match (secret.current(), kind) {
         (Some(c), _) if c.api_key == key.api_key => SecretRepair::Intact,
+        (Some(c), _) if promoted(c) => return SecretRepair::Promoted,
         (_, ProviderKind::Datonis) => SecretRepair::RestoreFromProvider,
         // Only the public half was edited: the secret is still there; the check that
         // follows tells whether it still matches.
@@ -171,9 +175,8 @@ pub fn observation(lookup: Lookup, result: Result<RemoteKeyPair, ProviderError>)
     match (lookup, result) {
         (_, Ok(remote)) => Observation::Found(remote),
         (Lookup::WithOwnCredentials, Err(e @ ProviderError::NotFound { .. }))
-        | (Lookup::WithOwnCredentials, Err(e @ ProviderError::Unauthorized { .. })) => {
-            Observation::Confirm(e)
-        }
+        | (Lookup::WithOwnCredentials, Err(e @ ProviderError::Unauthorized { .. }))
+        | (Lookup::ById, Err(e @ ProviderError::NotFound { .. })) => Observation::Confirm(e),
         (_, Err(ProviderError::NotFound { .. })) => Observation::Missing,
         (_, Err(error)) => Observation::Failed(error),
     }
@@ -375,7 +378,7 @@ pub fn steady_conditions(f: &SteadyFacts<'_>) -> (Decided, Option<Decided>) {
     } else if let Some(r) = f.replacement {
         let waits = match r.stage {
             ReplacementStage::VerificationCode => "verification code",
-            ReplacementStage::Promotion => "promotion",
+            ReplacementStage::Promotion | ReplacementStage::Unknown => "promotion",
         };
         let id = &r.key.key_id;
         let message = format!("key pair {key} serves; replacement {id} waits for its {waits}");
@@ -440,10 +443,15 @@ pub fn attempt_candidates<'a>(
     referenced: &dyn Fn(&str) -> bool,
 ) -> Vec<&'a RemoteKeyPair> {
     match kind {
-        ProviderKind::Threatwinds => remote
-            .iter()
-            .filter(|k| k.name.is_some() && k.name == attempt.remote_name)
-            .collect(),
+        // By the attempt's token, which ends the name: a provider that shortens or
+        // normalizes the display part still keeps it recognizable.
+        ProviderKind::Threatwinds => {
+            let token = attempt.remote_name.as_deref().and_then(attempt_token);
+            remote
+                .iter()
+                .filter(|k| token.is_some() && k.name.as_deref().and_then(attempt_token) == token)
+                .collect()
+        }
         ProviderKind::Datonis => {
             let started = attempt.started_at;
             let window = (started - DATONIS_WINDOW_BEFORE)..=(started + DATONIS_WINDOW_AFTER);
@@ -527,6 +535,13 @@ pub fn needs_replacement(akp: &ApiKeyPair, status: &ApiKeyPairStatus) -> bool {
     name_changed || validity_changed
 }
 
+/// The `[uid8.N]` token that ends an attempt's remote name.
+fn attempt_token(name: &str) -> Option<&str> {
+    let start = name.rfind(" [")?;
+    name.ends_with(']').then(|| &name[start + 1..])
+}
+
+/// The display part of a remote name, without an attempt token.
 fn strip_attempt_token(name: &str) -> &str {
     match name.rfind(" [") {
         Some(i) if name.ends_with(']') => &name[..i],
@@ -597,7 +612,6 @@ pub fn next_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::secret::Credentials;
     use crate::crd::CreatePurpose;
     use secrecy::SecretString;
 
@@ -812,7 +826,7 @@ mod tests {
         ));
         assert!(matches!(
             observation(ById, Err(not_found())),
-            Observation::Missing
+            Observation::Confirm(_)
         ));
         assert!(matches!(
             observation(InSessionList, Err(unauthorized())),

@@ -116,7 +116,9 @@ pub enum KeyState {
 
 /// A status whose fields contradict each other: reported, never guessed at.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the status is inconsistent: {0}; fix or remove status.{1}")]
+#[error(
+    "the status is inconsistent: {0}; the operator changes nothing until status.{1} is corrected (removing the key's fields would make it create a new key and lose this one)"
+)]
 pub struct InconsistentStatus(pub String, pub &'static str);
 
 impl KeyState {
@@ -147,6 +149,12 @@ impl KeyState {
                 started_at,
                 purpose: pending.purpose,
             };
+            if intent.purpose == CreatePurpose::Unknown {
+                return Err(InconsistentStatus(
+                    "pendingCreate.purpose has a value this version does not know".into(),
+                    "pendingCreate",
+                ));
+            }
             let needs_previous = intent.purpose != CreatePurpose::Initial;
             if needs_previous && key.is_none() {
                 return Err(InconsistentStatus(
@@ -180,6 +188,12 @@ impl KeyState {
                         code_id: p.verification_code_id.clone(),
                     },
                     ReplacementStage::Promotion => Verification::Verified,
+                    ReplacementStage::Unknown => {
+                        return Err(InconsistentStatus(
+                            "pendingKey.waitingFor has a value this version does not know".into(),
+                            "pendingKey",
+                        ));
+                    }
                 };
                 Ok(Replacement {
                     key: KeyRecord {
@@ -369,9 +383,15 @@ mod tests {
     }
 
     #[test]
-    fn unknown_purposes_and_stages_do_not_deserialize() {
+    fn unknown_purposes_and_stages_are_inconsistent_not_undecodable() {
         let bad = serde_json::json!({"attempt": 1, "startedAt": "2026-01-01T00:00:00Z", "purpose": "Whatever"});
-        assert!(serde_json::from_value::<PendingCreate>(bad).is_err());
+        let parsed: PendingCreate = serde_json::from_value(bad).expect("decodes");
+        assert_eq!(parsed.purpose, CreatePurpose::Unknown);
+        let status = ApiKeyPairStatus {
+            pending_create: Some(parsed),
+            ..Default::default()
+        };
+        assert!(KeyState::parse(&status, ProviderKind::Datonis).is_err());
         let old = serde_json::json!({"keyID": "k", "waitingFor": "verification code"});
         let parsed: PendingKey = serde_json::from_value(old).expect("older spelling");
         assert_eq!(parsed.waiting_for, ReplacementStage::VerificationCode);

@@ -308,6 +308,11 @@ pub enum CreatePurpose {
     SecretLost,
     /// The key was deleted at the provider by someone else.
     RemoteKeyMissing,
+    /// A value this version does not know (written by another version): reported as an
+    /// inconsistent status for this resource instead of failing the watch of all of them.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// What a replacement key pair waits for before it serves.
@@ -319,6 +324,10 @@ pub enum ReplacementStage {
     /// It is verified and already in the Secret: the old key is being retired.
     #[serde(alias = "promotion")]
     Promotion,
+    /// A value this version does not know (see [`CreatePurpose::Unknown`]).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 /// A created replacement key pair that is not serving yet.

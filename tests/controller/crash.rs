@@ -243,3 +243,29 @@ async fn a_stale_object_never_creates_a_second_key() {
         fresh.status.and_then(|st| st.key_id)
     );
 }
+
+/// Issue 7, fault 2: a 2xx create answer the client cannot use (cut off, wrong shape,
+/// missing `apiSecret`/`keyID`, oversized) may have committed: the intent is kept and
+/// recovery finds the key, so nothing leaks and the next attempt does not leak another.
+macro_rules! spoiled_create_tests {
+    ($($name:ident: $provider:ident $mode:literal,)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let threatwinds = stringify!($provider) == "threatwinds";
+            commit_then_fail(&stringify!($name).replace('_', "-"), threatwinds, $mode).await;
+        }
+    )*};
+}
+
+spoiled_create_tests! {
+    spoiled_tw_truncated: threatwinds "truncated",
+    spoiled_tw_wrong_shape: threatwinds "wrong_shape",
+    spoiled_tw_missing_secret: threatwinds "missing_secret",
+    spoiled_tw_missing_key_id: threatwinds "missing_key_id",
+    spoiled_tw_oversized: threatwinds "oversized",
+    spoiled_dt_truncated: datonis "truncated",
+    spoiled_dt_wrong_shape: datonis "wrong_shape",
+    spoiled_dt_missing_secret: datonis "missing_secret",
+    spoiled_dt_missing_key_id: datonis "missing_key_id",
+    spoiled_dt_oversized: datonis "oversized",
+}

@@ -10,6 +10,7 @@ mod datonis;
 mod failures;
 mod leaks;
 mod operations;
+mod regressions;
 mod threatwinds;
 
 use common::{Operator, Sandbox};
