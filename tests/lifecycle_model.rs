@@ -11,7 +11,8 @@
 //! - every provider outcome for every mutating call in turn: 4xx refusal, 5xx before or
 //!   after committing, a cut-off 2xx that committed, a timeout after committing;
 //! - read faults: a 5xx on a read, a 404 on a live key;
-//! - a reconcile from a stale object (the one the reconcile before it read).
+//! - a reconcile from a stale object (the one the reconcile before it read);
+//! - a Secret cache that lags (cached reads return the Secret as the phase found it).
 //!
 //! After every reconcile and at the end, the invariants are checked from the outside:
 //! I1 no remote key without a resource that owns it (or the attempt in flight), I2 no served
@@ -74,6 +75,9 @@ enum Fault {
     Read(usize, ReadFault),
     /// The n-th reconcile of the phase works from the object the one before it read.
     StaleView(usize),
+    /// The first n cached reads of the Secret in the phase return it as it was when the
+    /// phase began (a watch cache that lags).
+    StaleSecretCache(usize),
 }
 
 #[derive(Default)]
@@ -86,6 +90,8 @@ struct Faults {
     fired: bool,
     reconciles: usize,
     previous: Option<(ApiKeyPair, u64)>,
+    secrets_at_start: BTreeMap<String, Secret>,
+    cached_reads: usize,
 }
 
 impl Faults {
@@ -143,6 +149,8 @@ struct Key {
 
 struct World {
     kind: ProviderKind,
+    /// Creates the provider committed in the current phase.
+    creates: usize,
     now: DateTime<Utc>,
     akp: ApiKeyPair,
     resource_version: u64,
@@ -191,10 +199,19 @@ impl Cluster for ModelCluster {
         Ok(())
     }
 
-    async fn read_secret(&self, name: &str, _fresh: bool) -> Result<Option<Secret>, Error> {
-        let w = lock(&self.world);
+    async fn read_secret(&self, name: &str, fresh: bool) -> Result<Option<Secret>, Error> {
+        let mut w = lock(&self.world);
         if w.faults.crashed {
             return Err(crash_error());
+        }
+        if !fresh {
+            w.faults.cached_reads += 1;
+            if let Some(Fault::StaleSecretCache(n)) = w.faults.fault
+                && w.faults.cached_reads <= n
+            {
+                w.faults.fired = true;
+                return Ok(w.faults.secrets_at_start.get(name).cloned());
+            }
         }
         Ok(w.secrets.get(name).cloned())
     }
@@ -341,6 +358,7 @@ impl KeyPairApi for ModelProvider {
         let req = req.clone();
         self.mutate(move |w| {
             w.next += 1;
+            w.creates += 1;
             let n = w.next;
             let id = format!("key-{n}");
             let threatwinds = w.kind == ProviderKind::Threatwinds;
@@ -406,11 +424,12 @@ impl KeyPairApi for ModelProvider {
                     .is_some_and(|c| c.0 == code_id && c.1 == code)
             });
             match key {
-                Some(key) => {
+                // A code works once, as ThreatWinds' does: a resubmission is refused.
+                Some(key) if !key.verified => {
                     key.verified = true;
                     Ok(())
                 }
-                None => Err(ProviderError::CodeRejected {
+                _ => Err(ProviderError::CodeRejected {
                     message: "model: wrong code".into(),
                     error_id: None,
                 }),
@@ -494,6 +513,7 @@ fn new_world(kind: ProviderKind) -> World {
     akp.metadata.generation = Some(1);
     World {
         kind,
+        creates: 0,
         now: Utc
             .with_ymd_and_hms(2026, 6, 1, 12, 0, 0)
             .single()
@@ -539,12 +559,14 @@ fn user_submits_codes(w: &mut World) {
 
 /// One reconcile, from the persisted object (or the given stale one).
 async fn reconcile(world: &Shared, stale: Option<(ApiKeyPair, u64)>) -> Result<(), Error> {
-    let (akp, version, now) = {
+    let (akp, version, now, check_due) = {
         let mut w = lock(world);
         w.now += chrono::Duration::seconds(1);
+        // The periodic check is due on every third reconcile only.
+        let check_due = w.faults.reconciles % 3 == 1;
         user_submits_codes(&mut w);
         let (akp, version) = stale.unwrap_or_else(|| (w.akp.clone(), w.resource_version));
-        (akp, version, w.now)
+        (akp, version, w.now, check_due)
     };
     let cluster = ModelCluster {
         world: world.clone(),
@@ -555,7 +577,7 @@ async fn reconcile(world: &Shared, stale: Option<(ApiKeyPair, u64)>) -> Result<(
     };
     let timing = Timing {
         now,
-        check_due: true,
+        check_due,
         check_interval: Duration::from_secs(3600),
         verification_poll_interval: Duration::from_secs(30),
         jitter: 0.5,
@@ -700,6 +722,8 @@ struct Phase {
     name: &'static str,
     act: fn(&mut World),
     done: fn(&World) -> bool,
+    /// Whether the phase replaces the serving key (otherwise it must stay the same).
+    rotates: bool,
 }
 
 fn edit_spec(w: &mut World, edit: impl FnOnce(&mut ApiKeyPair)) {
@@ -713,6 +737,7 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
         name: "create",
         act: |_| {},
         done: ready,
+        rotates: true,
     }];
     match kind {
         ProviderKind::Threatwinds => phases.push(Phase {
@@ -726,6 +751,7 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
                         .and_then(|s| s.key_name.clone())
                         .is_some_and(|n| n.starts_with("renamed"))
             },
+            rotates: true,
         }),
         ProviderKind::Datonis => phases.push(Phase {
             name: "update",
@@ -735,6 +761,7 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
                 })
             },
             done: |w| ready(w) && w.keys.values().all(|k| k.role_key.as_deref() == Some("r2")),
+            rotates: false,
         }),
     }
     phases.extend([
@@ -744,6 +771,8 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
                 w.secrets.remove("web");
             },
             done: |w| ready(w) && w.secrets.contains_key("web"),
+            // ThreatWinds shows a secret once: a lost one means a new key.
+            rotates: kind == ProviderKind::Threatwinds,
         },
         Phase {
             name: "key-deleted-remotely",
@@ -754,6 +783,7 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
                 }
             },
             done: |w| ready(w) && !w.keys.is_empty(),
+            rotates: true,
         },
         Phase {
             name: "delete",
@@ -765,6 +795,7 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
                 w.resource_version += 1;
             },
             done: |w| w.keys.is_empty(),
+            rotates: true,
         },
     ]);
     phases
@@ -775,17 +806,29 @@ async fn scenario(kind: ProviderKind, faulty: usize, fault: Fault) -> bool {
     let world: Shared = Arc::new(Mutex::new(new_world(kind)));
     let mut fired = false;
     for (i, phase) in phases(kind).iter().enumerate() {
-        {
+        let served_before = {
             let mut w = lock(&world);
             (phase.act)(&mut w);
             w.faults = Faults::default();
+            w.creates = 0;
             if i == faulty {
                 w.faults.fault = Some(fault);
+                w.faults.secrets_at_start = w.secrets.clone();
             }
-        }
+            w.akp.status.as_ref().and_then(|s| s.key_id.clone())
+        };
         let case = format!("{kind} phase {} with {fault:?}", phase.name);
         converge(&world, &case, phase.done).await;
         let w = lock(&world);
+        // No needless rotation, and no create loop: one fault costs at most a retry.
+        let served_after = w.akp.status.as_ref().and_then(|s| s.key_id.clone());
+        if !phase.rotates {
+            assert_eq!(
+                served_after, served_before,
+                "{case}: the serving key was replaced"
+            );
+        }
+        assert!(w.creates <= 3, "{case}: {} creates in one phase", w.creates);
         if phase.name != "delete" {
             check_served(&w, &case);
         } else {
@@ -835,6 +878,10 @@ async fn the_lifecycle_keeps_its_invariants_under_every_single_fault() {
             for n in 2..=8 {
                 let fired = scenario(kind, faulty, Fault::StaleView(n)).await;
                 run("StaleView", fired);
+            }
+            for n in [1, 3, 6] {
+                let fired = scenario(kind, faulty, Fault::StaleSecretCache(n)).await;
+                run("StaleSecretCache", fired);
             }
         }
     }

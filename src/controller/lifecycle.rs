@@ -54,7 +54,8 @@ use crate::crd::{
     SecretKeyRef,
 };
 use crate::provider::{
-    CreateKeyPair, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RemoteKeyPair,
+    CreateKeyPair, CreatedKeyPair, KeyLookup, KeyPairApi, ProviderError, ProviderKind,
+    RemoteKeyPair,
 };
 
 /// Aborts the process at a named step boundary when the `failpoints` feature is on and
@@ -325,17 +326,12 @@ impl<'a> Run<'a> {
         previous: Option<&KeyRecord>,
     ) -> Result<(), Error> {
         let _serialized = self.provider.serialize_creates().await;
-        let staged = purpose == CreatePurpose::Replace;
         // A staged replacement needs the current credentials to keep serving.
-        let serving = match staged {
-            true => Some(
-                self.secret_view(true)
-                    .await?
-                    .current()
-                    .cloned()
-                    .ok_or(Error::Stale)?,
-            ),
-            false => None,
+        let serving = if purpose == CreatePurpose::Replace {
+            let view = self.secret_view(true).await?;
+            Some(view.current().cloned().ok_or(Error::Stale)?)
+        } else {
+            None
         };
         let intent = self.record_intent(purpose);
         self.write(true).await?;
@@ -345,10 +341,7 @@ impl<'a> Run<'a> {
             failpoint!("remote-deleted");
         }
         let request = CreateKeyPair {
-            name: intent
-                .remote_name
-                .clone()
-                .unwrap_or_else(|| plan::base_key_name(self.akp)),
+            name: (intent.remote_name.clone()).unwrap_or_else(|| plan::base_key_name(self.akp)),
             validity_days: self.akp.spec.validity_days,
             role_key: self.akp.spec.datonis.as_ref().map(|d| d.role_key.clone()),
         };
@@ -362,10 +355,21 @@ impl<'a> Run<'a> {
             }
         };
         failpoint!("remote-created");
+        self.commit_created(&created, serving, purpose).await
+    }
+
+    /// Secret first, then status: the new key is recorded only once its secret is safe.
+    async fn commit_created(
+        &mut self,
+        created: &CreatedKeyPair,
+        serving: Option<Credentials>,
+        purpose: CreatePurpose,
+    ) -> Result<(), Error> {
         let new = Credentials {
             api_key: created.key.api_key.clone(),
             api_secret: created.api_secret.clone(),
         };
+        let staged = serving.is_some();
         let contents = match serving {
             Some(current) => SecretContents {
                 current,
@@ -379,9 +383,10 @@ impl<'a> Run<'a> {
         self.apply_secret(&contents).await?;
         failpoint!("secret-written");
         let code_id = created.verification_code_id.clone();
-        match staged {
-            true => self.record_replacement(&created.key, code_id),
-            false => self.record_key(&created.key, code_id),
+        if staged {
+            self.record_replacement(&created.key, code_id);
+        } else {
+            self.record_key(&created.key, code_id);
         }
         self.status.pending_create = None;
         self.write(false).await?;
@@ -487,9 +492,10 @@ impl<'a> Run<'a> {
         }
         let candidates = self.attempt_candidates(&intent).await?;
         let view = self.secret_view(true).await?;
-        let slot = match intent.staged() {
-            true => view.pending(),
-            false => view.current(),
+        let slot = if intent.staged() {
+            view.pending()
+        } else {
+            view.current()
         };
         let refs: Vec<&RemoteKeyPair> = candidates.iter().collect();
         let decision = plan::recover(self.kind, &refs, slot.map(|c| c.api_key.as_str()));
@@ -563,9 +569,10 @@ impl<'a> Run<'a> {
     /// Adopts an attempt's key whose credentials reached the Secret. Its code id was in
     /// the lost status write: the verification protocol asks for a new code.
     fn adopt(&mut self, key: &RemoteKeyPair, staged: bool) {
-        match staged {
-            true => self.record_replacement(key, None),
-            false => self.record_key(key, None),
+        if staged {
+            self.record_replacement(key, None);
+        } else {
+            self.record_key(key, None);
         }
         self.status.pending_create = None;
     }
@@ -1042,9 +1049,10 @@ impl<'a> Run<'a> {
         if !for_replacement && !serving_waits {
             return Ok(None);
         }
-        let creds = match for_replacement {
-            true => view.pending(),
-            false => view.current(),
+        let creds = if for_replacement {
+            view.pending()
+        } else {
+            view.current()
         };
         let Some(creds) = creds.cloned() else {
             return Ok(Some(reason::AWAITING_VERIFICATION_CODE));
@@ -1063,14 +1071,14 @@ impl<'a> Run<'a> {
     }
 
     fn code_id(&self, for_replacement: bool) -> Option<String> {
-        match for_replacement {
-            true => self
-                .status
+        if for_replacement {
+            self.status
                 .pending_key
                 .as_ref()?
                 .verification_code_id
-                .clone(),
-            false => self.status.verification_code_id.clone(),
+                .clone()
+        } else {
+            self.status.verification_code_id.clone()
         }
     }
 
@@ -1163,10 +1171,12 @@ impl<'a> Run<'a> {
             _ => self.status.verification_code_id = Some(new_id),
         }
         self.status.submitted_code_hash = None;
-        let note = match requested {
-            true => "asked the provider to email a new verification code".to_owned(),
-            false => "the verification code id was lost in an interrupted create; asked the provider to email a new code".to_owned(),
+        let note = if requested {
+            "asked the provider to email a new verification code"
+        } else {
+            "the verification code id was lost in an interrupted create; asked the provider to email a new code"
         };
+        let note = note.to_owned();
         self.event(
             EventType::Normal,
             "NewCodeRequested",
@@ -1221,9 +1231,10 @@ impl<'a> Run<'a> {
 
     /// Whether the provider's list shows the waiting key as verified already.
     async fn verified_meanwhile(&self, for_replacement: bool) -> bool {
-        let key_id = match for_replacement {
-            true => self.status.pending_key.as_ref().map(|p| p.key_id.clone()),
-            false => self.status.key_id.clone(),
+        let key_id = if for_replacement {
+            self.status.pending_key.as_ref().map(|p| p.key_id.clone())
+        } else {
+            self.status.key_id.clone()
         };
         let Ok(listed) = self.provider.list().await else {
             return false;
@@ -1349,9 +1360,10 @@ pub async fn orphan(akp: &ApiKeyPair, cluster: &dyn Cluster, forced: bool) -> Re
     {
         cluster.release_secret(&name).await?;
     }
-    let why = match forced {
-        true => super::FORCE_ORPHAN_ANNOTATION,
-        false => "deletionPolicy Orphan",
+    let why = if forced {
+        super::FORCE_ORPHAN_ANNOTATION
+    } else {
+        "deletionPolicy Orphan"
     };
     let note = format!(
         "left the remote key pair in place ({why}); Secret {name} is kept and no longer owned by this ApiKeyPair"

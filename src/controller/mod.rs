@@ -92,8 +92,6 @@ pub struct Context {
     pub providers: providers::Registry,
     /// Cache of the Secrets this operator owns (selected by label).
     pub secrets: Store<Secret>,
-    /// Cache of every `ApiKeyPair` (to find which keys other resources reference).
-    pub key_pairs: Store<ApiKeyPair>,
     /// Knobs.
     pub settings: Settings,
     /// Prometheus metrics.
@@ -113,7 +111,6 @@ impl Context {
         recorder: Recorder,
         providers: providers::Registry,
         secrets: Store<Secret>,
-        key_pairs: Store<ApiKeyPair>,
         settings: Settings,
     ) -> Self {
         Self {
@@ -122,7 +119,6 @@ impl Context {
             metrics: providers.metrics().clone(),
             providers,
             secrets,
-            key_pairs,
             settings,
             failures: Mutex::default(),
             last_checks: Mutex::default(),
@@ -354,6 +350,121 @@ fn user_changes(akp: &ApiKeyPair) -> Option<u64> {
     Some(hasher.finish())
 }
 
+fn provider_controller<P: providers::ProviderResource>(
+    shared: &Shared,
+    api: Api<P>,
+    kind: ProviderRefKind,
+) -> Task {
+    let s = shared.clone();
+    futures::FutureExt::boxed(providers::run(
+        api, kind, s.registry, s.recorder, s.settings, s.shutdown,
+    ))
+}
+
+/// The `ApiKeyPair` controller of one namespace (or all), and futures that resolve when its
+/// caches have synced.
+fn key_pair_controller(shared: &Shared, namespace: Option<&str>) -> (Task, Vec<CacheReady>) {
+    let client = shared.client.clone();
+    let (key_pairs, secrets, kpp): (Api<ApiKeyPair>, Api<Secret>, Api<KeyPairProvider>) =
+        match namespace {
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+        };
+    let (secret_store, secret_writer) = reflector::store();
+    let secret_stream = watcher(
+        secrets,
+        watcher::Config::default().labels(secret::MANAGED_SELECTOR),
+    )
+    .default_backoff()
+    .reflect(secret_writer)
+    .touched_objects();
+    let (key_pair_store, key_pair_writer) = reflector::store();
+    // Only changes a user makes trigger a reconcile, never the operator's own status writes:
+    // otherwise every write of a failing reconcile would start the next one at once and the
+    // back-off would never apply.
+    let key_pair_stream = watcher(key_pairs, watcher::Config::default())
+        .default_backoff()
+        .reflect(key_pair_writer)
+        .applied_objects()
+        .predicate_filter(user_changes, Default::default());
+    let (kp, sec) = (key_pair_store.clone(), secret_store.clone());
+    let caches: Vec<CacheReady> = vec![
+        futures::FutureExt::boxed(async move { kp.wait_until_ready().await }),
+        futures::FutureExt::boxed(async move { sec.wait_until_ready().await }),
+    ];
+    let ctx = Context::new(
+        client.clone(),
+        shared.recorder.clone(),
+        shared.registry.clone(),
+        secret_store,
+        shared.settings.clone(),
+    );
+    let ctx = Arc::new(ctx.with_scope(shared.scope.clone()));
+    let (namespaced, cluster) = (key_pair_store.clone(), key_pair_store.clone());
+    let config =
+        kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
+    let controller = Controller::for_stream(key_pair_stream, key_pair_store)
+        .with_config(config)
+        .owns_stream(secret_stream)
+        .watches_stream(provider_changes(kpp), move |p: KeyPairProvider| {
+            key_pairs_using(
+                &namespaced,
+                ProviderRefKind::KeyPairProvider,
+                &p.name_any(),
+                p.namespace(),
+            )
+        })
+        .watches_stream(
+            provider_changes(Api::<ClusterKeyPairProvider>::all(client)),
+            move |p: ClusterKeyPairProvider| {
+                key_pairs_using(
+                    &cluster,
+                    ProviderRefKind::ClusterKeyPairProvider,
+                    &p.name_any(),
+                    None,
+                )
+            },
+        )
+        .graceful_shutdown_on(shared.shutdown.clone())
+        .run(key_pair::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile failed"),
+            }
+        });
+    (futures::FutureExt::boxed(controller), caches)
+}
+
+/// The `ApiKeyPair`s whose keys live at a provider (the one recorded with the key: an edit
+/// of the reference is refused).
+fn key_pairs_using(
+    store: &Store<ApiKeyPair>,
+    kind: ProviderRefKind,
+    name: &str,
+    namespace: Option<String>,
+) -> Vec<ObjectRef<ApiKeyPair>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|akp| {
+            let reference = plan::provider_ref_in_use(akp);
+            reference.kind == kind
+                && reference.name == name
+                && (namespace.is_none() || akp.namespace() == namespace)
+        })
+        .map(|akp| ObjectRef::from_obj(akp.as_ref()))
+        .collect()
+}
+
 /// Provider changes that concern the `ApiKeyPair`s using them: the spec, and whether the
 /// provider is ready (with its reason). Its other status writes (session extensions) do
 /// not reconcile every key pair.
@@ -391,145 +502,70 @@ pub struct RunOptions {
     pub health: Arc<Health>,
 }
 
+type Shutdown =
+    futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>;
+type Task = futures::future::BoxFuture<'static, ()>;
+type CacheReady = futures::future::BoxFuture<'static, Result<(), reflector::store::WriterDropped>>;
+
+/// What every controller shares.
+#[derive(Clone)]
+struct Shared {
+    client: Client,
+    recorder: Recorder,
+    registry: providers::Registry,
+    settings: Settings,
+    scope: Scope,
+    shutdown: Shutdown,
+}
+
 /// Runs the `ApiKeyPair` and provider controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
     options: RunOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let settings = options.settings;
     let scope = options.scope.unwrap_or(Scope::All);
     let reporter = Reporter {
         controller: MANAGER.to_owned(),
         instance: options.instance,
     };
-    let recorder = Recorder::new(client.clone(), reporter);
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-
+    let shared = Shared {
+        recorder: Recorder::new(client.clone(), reporter),
+        registry: providers::Registry::new(
+            client.clone(),
+            options.settings.provider_timeout,
+            options.metrics.clone(),
+        ),
+        client,
+        settings: options.settings,
+        scope: scope.clone(),
+        shutdown: futures::FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<_>>),
+    };
     let namespaces: Vec<Option<String>> = match &scope {
         Scope::All => vec![None],
         Scope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
     };
-
-    let mut tasks = Vec::new();
-    let registry = providers::Registry::new(
-        client.clone(),
-        settings.provider_timeout,
-        options.metrics.clone(),
-    );
-    let mut caches = Vec::new();
+    let (mut tasks, mut caches) = (Vec::new(), Vec::new());
     for namespace in namespaces {
-        let (key_pairs, secrets, kpp): (Api<ApiKeyPair>, Api<Secret>, Api<KeyPairProvider>) =
-            match &namespace {
-                None => (
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                    Api::all(client.clone()),
-                ),
-                Some(ns) => (
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                    Api::namespaced(client.clone(), ns),
-                ),
-            };
-
-        let (secret_store, secret_writer) = reflector::store();
-        let secret_stream = watcher(
-            secrets,
-            watcher::Config::default().labels(secret::MANAGED_SELECTOR),
-        )
-        .default_backoff()
-        .reflect(secret_writer)
-        .touched_objects();
-
-        let (key_pair_store, key_pair_writer) = reflector::store();
-        // Only changes a user makes trigger a reconcile, never the operator's own status
-        // writes: otherwise every write of a failing reconcile would start the next one at
-        // once and the back-off would never apply.
-        let key_pair_stream = watcher(key_pairs, watcher::Config::default())
-            .default_backoff()
-            .reflect(key_pair_writer)
-            .applied_objects()
-            .predicate_filter(user_changes, Default::default());
-        let controller = Controller::for_stream(key_pair_stream, key_pair_store.clone())
-            .with_config(
-                kube::runtime::controller::Config::default().concurrency(settings.concurrency),
-            );
-        let (kp, sec) = (key_pair_store.clone(), secret_store.clone());
-        caches.push(futures::FutureExt::boxed(async move {
-            kp.wait_until_ready().await
-        }));
-        caches.push(futures::FutureExt::boxed(async move {
-            sec.wait_until_ready().await
-        }));
-        let ctx = Arc::new(
-            Context::new(
-                client.clone(),
-                recorder.clone(),
-                registry.clone(),
-                secret_store,
-                key_pair_store.clone(),
-                settings.clone(),
-            )
-            .with_scope(scope.clone()),
-        );
-        let by_provider = |kind: ProviderRefKind, store: Store<ApiKeyPair>| {
-            move |provider_name: String, provider_ns: Option<String>| {
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|akp| {
-                        // The provider the key lives at (an edit of the reference is refused).
-                        let reference = plan::provider_ref_in_use(akp);
-                        reference.kind == kind
-                            && reference.name == provider_name
-                            && (provider_ns.is_none() || akp.namespace() == provider_ns)
-                    })
-                    .map(|akp| ObjectRef::from_obj(akp.as_ref()))
-                    .collect::<Vec<_>>()
-            }
+        let (controller, ready) = key_pair_controller(&shared, namespace.as_deref());
+        tasks.push(controller);
+        caches.extend(ready);
+        let kpp: Api<KeyPairProvider> = match &namespace {
+            None => Api::all(shared.client.clone()),
+            Some(ns) => Api::namespaced(shared.client.clone(), ns),
         };
-        let namespaced_map = by_provider(ProviderRefKind::KeyPairProvider, key_pair_store.clone());
-        let cluster_map = by_provider(
-            ProviderRefKind::ClusterKeyPairProvider,
-            key_pair_store.clone(),
-        );
-        let controller = controller
-            .owns_stream(secret_stream)
-            .watches_stream(provider_changes(kpp.clone()), move |p: KeyPairProvider| {
-                namespaced_map(p.name_any(), p.namespace())
-            })
-            .watches_stream(
-                provider_changes(Api::<ClusterKeyPairProvider>::all(client.clone())),
-                move |p: ClusterKeyPairProvider| cluster_map(p.name_any(), None),
-            )
-            .graceful_shutdown_on(shutdown.clone())
-            .run(key_pair::reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                match result {
-                    Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                    Err(error) => tracing::debug!(%error, "reconcile failed"),
-                }
-            });
-        tasks.push(futures::FutureExt::boxed(controller));
-
-        tasks.push(futures::FutureExt::boxed(providers::run(
+        tasks.push(provider_controller(
+            &shared,
             kpp,
             ProviderRefKind::KeyPairProvider,
-            registry.clone(),
-            recorder.clone(),
-            settings.clone(),
-            shutdown.clone(),
-        )));
+        ));
     }
-    tasks.push(futures::FutureExt::boxed(providers::run(
-        Api::<ClusterKeyPairProvider>::all(client.clone()),
+    let cluster_providers = Api::<ClusterKeyPairProvider>::all(shared.client.clone());
+    tasks.push(provider_controller(
+        &shared,
+        cluster_providers,
         ProviderRefKind::ClusterKeyPairProvider,
-        registry,
-        recorder,
-        settings,
-        shutdown,
-    )));
+    ));
     let health = options.health.clone();
     tasks.push(futures::FutureExt::boxed(async move {
         if futures::future::try_join_all(caches).await.is_ok() {
@@ -565,6 +601,31 @@ mod tests {
             backoff(10, 0.5, cap, retry_after),
             cap.min(Duration::from_secs(512))
         );
+    }
+
+    /// Issue 7, fault 6: the current ThreatWinds page says 403 means no permission.
+    #[test]
+    fn forbidden_is_a_permission_problem_unless_retry_after_says_throttling() {
+        let forbidden = |retry_after| {
+            Error::Provider(ProviderError::Forbidden {
+                message: "no".into(),
+                error_id: None,
+                retry_after,
+            })
+        };
+        let denied = forbidden(None);
+        assert_eq!(denied.reason(), reason::PERMISSION_DENIED);
+        assert!(denied.is_retryable(), "retried with growing back-off");
+        let throttled = forbidden(Some(Duration::from_secs(5)));
+        assert_eq!(throttled.reason(), reason::RATE_LIMITED);
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_retried_attempt_and_a_stale_object_are_progress_not_failure_reasons() {
+        assert_eq!(Error::Retrying("x".into()).reason(), reason::PROGRESSING);
+        assert!(Error::Retrying("x".into()).is_retryable());
+        assert!(Error::Stale.is_retryable());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::crd::{ApiKeyPairStatus, CreatePurpose, ReplacementStage};
+use crate::crd::{ApiKeyPairStatus, CreatePurpose, PendingCreate, PendingKey, ReplacementStage};
 use crate::provider::ProviderKind;
 
 /// One key pair the status records.
@@ -135,28 +135,8 @@ impl KeyState {
                     "pendingKey",
                 ));
             }
-            let started_at = DateTime::parse_from_rfc3339(&pending.started_at)
-                .map_err(|_| {
-                    InconsistentStatus(
-                        format!("startedAt {:?} is not RFC 3339", pending.started_at),
-                        "pendingCreate",
-                    )
-                })?
-                .with_timezone(&Utc);
-            let intent = Intent {
-                attempt: pending.attempt,
-                remote_name: pending.remote_name.clone(),
-                started_at,
-                purpose: pending.purpose,
-            };
-            if intent.purpose == CreatePurpose::Unknown {
-                return Err(InconsistentStatus(
-                    "pendingCreate.purpose has a value this version does not know".into(),
-                    "pendingCreate",
-                ));
-            }
-            let needs_previous = intent.purpose != CreatePurpose::Initial;
-            if needs_previous && key.is_none() {
+            let intent = intent(pending)?;
+            if intent.purpose != CreatePurpose::Initial && key.is_none() {
                 return Err(InconsistentStatus(
                     format!("a {:?} attempt without a recorded key", intent.purpose),
                     "pendingCreate",
@@ -167,45 +147,15 @@ impl KeyState {
                 previous: key,
             });
         }
-        let Some(key) = key else {
-            if status.pending_key.is_some() {
-                return Err(InconsistentStatus(
-                    "a replacement without a serving key".into(),
-                    "pendingKey",
-                ));
-            }
-            return Ok(KeyState::Empty);
-        };
-        let replacement = status
-            .pending_key
-            .as_ref()
-            .map(|p| {
-                let api_key = p.api_key.clone().ok_or_else(|| {
-                    InconsistentStatus("the replacement has no apiKey".into(), "pendingKey")
-                })?;
-                let verification = match p.waiting_for {
-                    ReplacementStage::VerificationCode => Verification::Awaiting {
-                        code_id: p.verification_code_id.clone(),
-                    },
-                    ReplacementStage::Promotion => Verification::Verified,
-                    ReplacementStage::Unknown => {
-                        return Err(InconsistentStatus(
-                            "pendingKey.waitingFor has a value this version does not know".into(),
-                            "pendingKey",
-                        ));
-                    }
-                };
-                Ok(Replacement {
-                    key: KeyRecord {
-                        key_id: p.key_id.clone(),
-                        api_key,
-                        verification,
-                    },
-                    stage: p.waiting_for,
-                })
-            })
-            .transpose()?;
-        Ok(KeyState::Active { key, replacement })
+        let replacement = status.pending_key.as_ref().map(replacement).transpose()?;
+        match (key, replacement) {
+            (None, None) => Ok(KeyState::Empty),
+            (None, Some(_)) => Err(InconsistentStatus(
+                "a replacement without a serving key".into(),
+                "pendingKey",
+            )),
+            (Some(key), replacement) => Ok(KeyState::Active { key, replacement }),
+        }
     }
 
     /// The key the status records as serving, if any.
@@ -233,6 +183,56 @@ impl KeyState {
         }
         ids
     }
+}
+
+fn intent(pending: &PendingCreate) -> Result<Intent, InconsistentStatus> {
+    let started_at = DateTime::parse_from_rfc3339(&pending.started_at)
+        .map_err(|_| {
+            InconsistentStatus(
+                format!("startedAt {:?} is not RFC 3339", pending.started_at),
+                "pendingCreate",
+            )
+        })?
+        .with_timezone(&Utc);
+    if pending.purpose == CreatePurpose::Unknown {
+        return Err(InconsistentStatus(
+            "pendingCreate.purpose has a value this version does not know".into(),
+            "pendingCreate",
+        ));
+    }
+    Ok(Intent {
+        attempt: pending.attempt,
+        remote_name: pending.remote_name.clone(),
+        started_at,
+        purpose: pending.purpose,
+    })
+}
+
+fn replacement(pending: &PendingKey) -> Result<Replacement, InconsistentStatus> {
+    let api_key = pending
+        .api_key
+        .clone()
+        .ok_or_else(|| InconsistentStatus("the replacement has no apiKey".into(), "pendingKey"))?;
+    let verification = match pending.waiting_for {
+        ReplacementStage::VerificationCode => Verification::Awaiting {
+            code_id: pending.verification_code_id.clone(),
+        },
+        ReplacementStage::Promotion => Verification::Verified,
+        ReplacementStage::Unknown => {
+            return Err(InconsistentStatus(
+                "pendingKey.waitingFor has a value this version does not know".into(),
+                "pendingKey",
+            ));
+        }
+    };
+    Ok(Replacement {
+        key: KeyRecord {
+            key_id: pending.key_id.clone(),
+            api_key,
+            verification,
+        },
+        stage: pending.waiting_for,
+    })
 }
 
 fn serving_key(
@@ -269,7 +269,6 @@ fn serving_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{PendingCreate, PendingKey};
 
     fn keyed(verified: Option<bool>) -> ApiKeyPairStatus {
         ApiKeyPairStatus {

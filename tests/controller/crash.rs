@@ -217,8 +217,6 @@ async fn a_stale_object_never_creates_a_second_key() {
     stale.metadata.resource_version = old_version;
     let (secrets, mut secret_writer) = reflector::store();
     secret_writer.apply_watcher_event(&watcher::Event::InitDone);
-    let (key_pairs, mut key_pair_writer) = reflector::store();
-    key_pair_writer.apply_watcher_event(&watcher::Event::InitDone);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -231,7 +229,6 @@ async fn a_stale_object_never_creates_a_second_key() {
         recorder,
         Registry::new(client.clone(), Duration::from_secs(5), Default::default()),
         secrets,
-        key_pairs,
         Settings::default(),
     ));
     let result = key_pair::reconcile(Arc::new(stale), ctx).await;
