@@ -26,9 +26,12 @@
 //!
 //! # No remote delete on a stale view
 //!
-//! Every provider delete follows a *fence*: a status write carrying the `resourceVersion`
-//! this reconcile read, which fails if anyone changed the object since. What is deleted is
-//! then what the current status owns (or what a fresh provider list shows for an attempt).
+//! Every status write carries the `resourceVersion` this reconcile read (or last wrote)
+//! and fails if anyone changed the object since, so a reconcile working from a lagging
+//! cache never overwrites a newer status. Every provider delete follows such a write (a
+//! *fence*, made even when nothing changed) or a fresh read: what is deleted is what the
+//! current status owns, or what a fresh provider list shows for an attempt. A single 404 or
+//! 401 never deletes anything: the provider's full list must agree first.
 
 use std::collections::HashSet;
 use std::time::Duration;
