@@ -6,6 +6,8 @@
 pub const READY: &str = "Ready";
 /// Condition type: the key pair is verified at the provider (ThreatWinds).
 pub const VERIFIED: &str = "Verified";
+/// Condition type: the `rolloutRestartTargets` picked up the key pair in the Secret.
+pub const CONSUMERS_RESTARTED: &str = "ConsumersRestarted";
 
 /// Condition status values (Kubernetes uses the strings `True`, `False`, `Unknown`).
 pub mod status {
@@ -72,6 +74,14 @@ pub mod reason {
     pub const CREATE_AMBIGUOUS: &str = "CreateAmbiguous";
     /// A replacement key pair waits (for verification) before it takes over.
     pub const REPLACEMENT_PENDING: &str = "ReplacementPending";
+    /// The renewal time passed and the renewal key still waits for its emailed code; the
+    /// key in use serves until it expires.
+    pub const RENEWAL_AWAITING_VERIFICATION: &str = "RenewalAwaitingVerification";
+    /// The `rolloutRestartTargets` were restarted for the key pair in the Secret.
+    pub const RESTARTED: &str = "Restarted";
+    /// The operator may not restart a `rolloutRestartTargets` workload (RBAC), or it does
+    /// not exist.
+    pub const RESTART_FAILED: &str = "RestartFailed";
 }
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -208,6 +208,32 @@ fn ready_is_healthy() {
     );
 }
 
+/// Issue 8: a key in its grace period, or whose renewal waits for its code, still serves.
+#[test]
+fn a_rotation_in_progress_is_healthy() {
+    let late = "key pair kp-1 serves until it expires; its renewal kp-2 waits for the emailed verification code";
+    assert_health(
+        "renewal awaiting its code",
+        &with_ready(5, "True", reason::RENEWAL_AWAITING_VERIFICATION, late),
+        "Healthy",
+        late,
+    );
+    let mut grace = with_ready(
+        5,
+        "True",
+        reason::READY,
+        "key pair kp-2 is in the Secret web",
+    );
+    grace["status"]["previousKey"] =
+        json!({"keyID": "kp-1", "deleteAfter": "2026-01-01T00:10:00Z"});
+    assert_health(
+        "grace period",
+        &grace,
+        "Healthy",
+        "key pair kp-2 is in the Secret web",
+    );
+}
+
 #[test]
 fn disabled_on_purpose_is_healthy() {
     assert_health(
@@ -422,6 +448,9 @@ const READY_FALSE: &[(&str, &str)] = &[
     (reason::VERIFIED, "Degraded"),
     (reason::CREATE_AMBIGUOUS, "Degraded"),
     (reason::REPLACEMENT_PENDING, "Degraded"),
+    (reason::RENEWAL_AWAITING_VERIFICATION, "Degraded"),
+    (reason::RESTARTED, "Degraded"),
+    (reason::RESTART_FAILED, "Degraded"),
 ];
 
 /// The string values of the `pub const`s inside `pub mod reason` of `src/conditions.rs`.

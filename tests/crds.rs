@@ -156,6 +156,22 @@ async fn api_server_rejects_invalid_objects_with_useful_messages() {
         (
             "ApiKeyPair",
             akp(
+                "renew-before-text",
+                json!({"providerRef": {"name": "p"}, "renewBefore": "a week"}),
+            ),
+            &["renewBefore"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
+                "restart-kind",
+                json!({"providerRef": {"name": "p"}, "rolloutRestartTargets": [{"kind": "Pod", "name": "x"}]}),
+            ),
+            &["rolloutRestartTargets", "Deployment"],
+        ),
+        (
+            "ApiKeyPair",
+            akp(
                 "days-text",
                 json!({"providerRef": {"name": "p"}, "validityDays": "ten"}),
             ),
@@ -286,7 +302,10 @@ async fn crds_are_established_with_printer_columns() {
         .flatten()
         .map(|c| c.name.clone())
         .collect();
-    assert_eq!(columns, ["Provider", "Ready", "Verified", "Expires", "Age"]);
+    assert_eq!(
+        columns,
+        ["Provider", "Ready", "Verified", "Expires", "Renews", "Age"]
+    );
     let cluster = crds
         .get("clusterkeypairproviders.keypairs.dev")
         .await

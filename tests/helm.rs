@@ -519,7 +519,59 @@ async fn cluster_mode_installs_and_scopes_leases_to_the_release_namespace() {
         release.can("delete", "apikeypairs.keypairs.dev", &other),
         "no"
     );
+    assert_eq!(
+        release.can("patch", "deployments.apps", &other),
+        "no",
+        "restarting workloads is opt-in"
+    );
     release.uninstall().await;
+}
+
+/// `rbac.rolloutRestart` grants exactly get and patch on the three workload kinds, in the
+/// role that holds the Secrets (all namespaces, or each watched one).
+#[tokio::test]
+async fn rollout_restart_rbac_is_opt_in() {
+    for (mode, base) in [("cluster", vec![]), ("namespaced", NAMESPACED.to_vec())] {
+        let objects = template(&base).await.expect("render");
+        let roles = || {
+            of_kind(&objects, "ClusterRole")
+                .into_iter()
+                .chain(of_kind(&objects, "Role"))
+        };
+        assert!(
+            !roles().any(|r| grants(r, "deployments")),
+            "{mode}: off by default"
+        );
+        let mut set = base.clone();
+        set.push("rbac.rolloutRestart=true");
+        let objects = template(&set).await.expect("render");
+        let roles: Vec<&Value> = of_kind(&objects, "ClusterRole")
+            .into_iter()
+            .chain(of_kind(&objects, "Role"))
+            .collect();
+        for kind in ["deployments", "statefulsets", "daemonsets"] {
+            let granting: Vec<&&Value> = roles.iter().filter(|r| grants(r, kind)).collect();
+            let with_secrets: Vec<&&Value> =
+                roles.iter().filter(|r| grants(r, "secrets")).collect();
+            assert_eq!(
+                granting, with_secrets,
+                "{mode}: {kind} where the Secrets are"
+            );
+        }
+        let workload_rules: Vec<&Value> = roles
+            .iter()
+            .flat_map(|r| rules(r))
+            .filter(|rule| {
+                rule["resources"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x == "deployments"))
+            })
+            .collect();
+        assert!(!workload_rules.is_empty());
+        for rule in workload_rules {
+            assert_eq!(rule["verbs"], serde_json::json!(["get", "patch"]), "{mode}");
+        }
+    }
 }
 
 fn tempdir(name: &str) -> PathBuf {

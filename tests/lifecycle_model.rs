@@ -31,7 +31,7 @@ use keypair_operator::controller::Error;
 use keypair_operator::controller::lifecycle::{self, Cluster, Provider, Run, Timing};
 use keypair_operator::controller::plan::Deletion;
 use keypair_operator::controller::secret::{self, SecretView};
-use keypair_operator::crd::{ApiKeyPair, ApiKeyPairStatus, SecretKeyRef};
+use keypair_operator::crd::{ApiKeyPair, ApiKeyPairStatus, RolloutRestartTarget, SecretKeyRef};
 use keypair_operator::provider::{
     CreateKeyPair, CreatedKeyPair, CredentialStatus, KeyLookup, KeyPairApi, ProviderError,
     ProviderKind, RemoteKeyPair, UpdateKeyPair,
@@ -151,6 +151,8 @@ struct World {
     kind: ProviderKind,
     /// Creates the provider committed in the current phase.
     creates: usize,
+    /// Workload restarts, each with the key the status served then.
+    restarts: Vec<String>,
     now: DateTime<Utc>,
     akp: ApiKeyPair,
     resource_version: u64,
@@ -249,6 +251,20 @@ impl Cluster for ModelCluster {
             .and_then(|s| s.data.as_ref()?.get(&reference.key).cloned())
             .and_then(|v| String::from_utf8(v.0).ok());
         Ok(code.map(SecretString::from))
+    }
+
+    async fn restart_workload(
+        &self,
+        target: &RolloutRestartTarget,
+        _at: &str,
+    ) -> Result<(), Error> {
+        let mut w = lock(&self.world);
+        if !w.faults.effect() {
+            return Err(crash_error());
+        }
+        let serving = w.akp.status.as_ref().and_then(|s| s.key_id.clone());
+        w.restarts.push(format!("{} for {serving:?}", target.name));
+        Ok(())
     }
 
     async fn event(&self, _type: EventType, reason: &str, _action: &str, note: String) {
@@ -497,7 +513,8 @@ impl Provider for ModelProvider {
 const CODE_SECRET: &str = "code";
 
 fn new_world(kind: ProviderKind) -> World {
-    let mut spec = json!({"providerRef": {"name": "p"}, "validityDays": 30});
+    let mut spec = json!({"providerRef": {"name": "p"}, "validityDays": 30,
+        "rolloutRestartTargets": [{"kind": "Deployment", "name": "app"}]});
     match kind {
         ProviderKind::Threatwinds => {
             spec["verification"] = json!({"codeSecretRef": {"name": CODE_SECRET, "key": "code"}});
@@ -514,6 +531,7 @@ fn new_world(kind: ProviderKind) -> World {
     World {
         kind,
         creates: 0,
+        restarts: Vec::new(),
         now: Utc
             .with_ymd_and_hms(2026, 6, 1, 12, 0, 0)
             .single()
@@ -590,8 +608,8 @@ async fn reconcile(world: &Shared, stale: Option<(ApiKeyPair, u64)>) -> Result<(
     }
     match lifecycle::deletion(&akp) {
         Deletion::Orphan { forced } => lifecycle::orphan(&akp, &cluster, forced).await,
-        Deletion::DeleteRemote => Run::new(&akp, &cluster, &provider, timing)
-            .cleanup()
+        deletion => Run::new(&akp, &cluster, &provider, timing)
+            .cleanup(deletion == Deletion::DisableRemote)
             .await
             .map(|_| ()),
     }
@@ -610,6 +628,7 @@ fn check_ownership(w: &World, case: &str) {
     let owned: HashSet<String> = [
         status.key_id.clone(),
         status.pending_key.as_ref().map(|p| p.key_id.clone()),
+        status.previous_key.as_ref().map(|p| p.key_id.clone()),
     ]
     .into_iter()
     .flatten()
@@ -775,6 +794,59 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
             rotates: kind == ProviderKind::Threatwinds,
         },
         Phase {
+            name: "rotate-requested",
+            act: |w| {
+                let annotations = w
+                    .akp
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(Default::default);
+                annotations.insert("keypairs.dev/rotate".into(), "1".into());
+                w.resource_version += 1;
+            },
+            done: |w| {
+                ready(w)
+                    && w.akp
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.previous_key.is_some())
+            },
+            rotates: true,
+        },
+        Phase {
+            name: "grace-over",
+            act: |w| w.now += chrono::Duration::minutes(11),
+            done: |w| {
+                ready(w)
+                    && w.akp
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.previous_key.is_none())
+                    && w.keys.len() == 1
+            },
+            rotates: false,
+        },
+        Phase {
+            name: "renewal",
+            act: |w| {
+                let renewal = w.akp.status.as_ref().and_then(|s| s.renewal_time.clone());
+                let at = renewal.and_then(|t| DateTime::parse_from_rfc3339(&t).ok());
+                w.now = at.map(|t| t.with_timezone(&Utc)).unwrap_or(w.now)
+                    + chrono::Duration::seconds(1);
+            },
+            done: |w| {
+                let renewed = w
+                    .akp
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.renewal_time.as_deref())
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t > w.now);
+                ready(w) && renewed
+            },
+            rotates: true,
+        },
+        Phase {
             name: "key-deleted-remotely",
             act: |w| {
                 let id = w.akp.status.as_ref().and_then(|s| s.key_id.clone());
@@ -782,7 +854,10 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
                     w.keys.remove(&id);
                 }
             },
-            done: |w| ready(w) && !w.keys.is_empty(),
+            done: |w| {
+                let serving = w.akp.status.as_ref().and_then(|s| s.key_id.clone());
+                ready(w) && serving.is_some_and(|id| w.keys.contains_key(&id))
+            },
             rotates: true,
         },
         Phase {

@@ -19,8 +19,9 @@ use serde_json::json;
 
 use super::lifecycle::{self, Cluster, Outcome, Run, Timing, failpoint};
 use super::plan::{self, Deletion};
-use super::{Context, Error, FINALIZER, MANAGER, Scope, secret};
-use crate::crd::{ApiKeyPair, ApiKeyPairStatus, SecretKeyRef};
+use super::{Context, Error, FINALIZER, MANAGER, RESTARTED_AT_ANNOTATION, Scope, secret};
+use crate::crd::{ApiKeyPair, ApiKeyPairStatus, RolloutRestartTarget, SecretKeyRef, WorkloadKind};
+use crate::telemetry::KeyPairFigures;
 
 /// kube-runtime's reconcile entry point for `ApiKeyPair`.
 pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -48,16 +49,27 @@ pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action
 }
 
 fn timing(ctx: &Context, akp: &ApiKeyPair) -> Timing {
+    // `spec.checkInterval` overrides the operator's (a bad value is reported by the lifecycle).
+    let check_interval = akp
+        .spec
+        .check_interval
+        .as_deref()
+        .and_then(|text| humantime::parse_duration(text).ok())
+        .unwrap_or(ctx.settings.check_interval);
     Timing {
         now: Utc::now(),
-        check_due: ctx.check_due(&akp.uid().unwrap_or_default()),
-        check_interval: ctx.settings.check_interval,
+        check_due: ctx.check_due(&akp.uid().unwrap_or_default(), check_interval),
+        check_interval,
         verification_poll_interval: ctx.settings.verification_poll_interval,
         jitter: rand::random(),
     }
 }
 
 async fn apply(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> {
+    if akp.spec.suspend {
+        // No provider call and no write until resumed (the spec change wakes it).
+        return Ok(Action::await_change());
+    }
     let cluster = KubeCluster::new(ctx.clone(), akp);
     // The provider the key lives at (an edit of providerRef is refused by the lifecycle).
     let reference = plan::provider_ref_in_use(akp);
@@ -88,14 +100,14 @@ async fn cleanup(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> 
     let cluster = KubeCluster::new(ctx.clone(), akp);
     let forced = match lifecycle::deletion(akp) {
         Deletion::Orphan { forced } => forced,
-        Deletion::DeleteRemote => {
+        deletion @ (Deletion::DeleteRemote | Deletion::DisableRemote) => {
             let reference = plan::provider_ref_in_use(akp);
             let provider = match ctx.providers.resolve(akp, reference).await {
                 Ok(provider) => provider,
                 Err(error) => return Err(report_alone(akp, &cluster, error, "DeleteKeyPair").await),
             };
             Run::new(akp, &cluster, &provider, timing(ctx, akp))
-                .cleanup()
+                .cleanup(deletion == Deletion::DisableRemote)
                 .await?;
             return Ok(Action::await_change());
         }
@@ -120,20 +132,23 @@ async fn report_alone(
     }
 }
 
-/// Exports a key pair's expiry and readiness as gauges.
+/// Exports a key pair's expiry, renewal and readiness as gauges.
 fn record_gauges(ctx: &Context, akp: &ApiKeyPair, status: &ApiKeyPairStatus) {
-    let expires_at = status
-        .expire_at
-        .as_deref()
-        .and_then(lifecycle::parse_time)
-        .map(|t| t.timestamp());
-    let ready = crate::conditions::is_true(&status.conditions, crate::conditions::READY);
-    ctx.metrics.key_pair(
-        &akp.namespace().unwrap_or_default(),
-        &akp.name_any(),
-        expires_at,
-        ready,
-    );
+    use crate::conditions::{self, READY, reason};
+    let time = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(lifecycle::parse_time)
+            .map(|t| t.timestamp())
+    };
+    let ready = conditions::find(&status.conditions, READY);
+    let figures = KeyPairFigures {
+        expires_at: time(&status.expire_at),
+        renews_at: time(&status.renewal_time),
+        ready: ready.is_some_and(|c| c.status == conditions::status::TRUE),
+        renewal_overdue: ready.is_some_and(|c| c.reason == reason::RENEWAL_AWAITING_VERIFICATION),
+    };
+    let namespace = akp.namespace().unwrap_or_default();
+    ctx.metrics.key_pair(&namespace, &akp.name_any(), figures);
 }
 
 /// The [`Cluster`] port over the API server, for one `ApiKeyPair`.
@@ -280,6 +295,34 @@ impl Cluster for KubeCluster {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
         Ok(code.map(SecretString::from))
+    }
+
+    async fn restart_workload(&self, target: &RolloutRestartTarget, at: &str) -> Result<(), Error> {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: at}}}}});
+        let (client, namespace) = (
+            self.ctx.client.clone(),
+            self.akp.namespace().unwrap_or_default(),
+        );
+        let (name, params, patch) = (&target.name, PatchParams::default(), Patch::Merge(&patch));
+        match target.kind {
+            WorkloadKind::Deployment => {
+                Api::<Deployment>::namespaced(client, &namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            WorkloadKind::StatefulSet => {
+                Api::<StatefulSet>::namespaced(client, &namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+            WorkloadKind::DaemonSet => {
+                Api::<DaemonSet>::namespaced(client, &namespace)
+                    .patch(name, &params, &patch)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {

@@ -45,20 +45,20 @@ use tokio::sync::OwnedMutexGuard;
 use tracing::{debug, info};
 
 use super::plan::{
-    self, Confirmation, Deletion, Lookup, Observation, Recovery, SecretRepair, SteadyFacts, Step,
-    VerificationStep, VerifyOutcome,
+    self, Confirmation, Deletion, Lookup, Observation, Recovery, RestartDue, RotationAction,
+    RotationCause, SecretRepair, SteadyFacts, Step, VerificationStep, VerifyOutcome,
 };
 use super::secret::{self, Credentials, SecretContents, SecretView};
 use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification};
-use super::{Error, REQUEST_NEW_CODE_ANNOTATION};
-use crate::conditions::{self, READY, VERIFIED, reason, status};
+use super::{Error, REQUEST_NEW_CODE_ANNOTATION, ROTATE_ANNOTATION};
+use crate::conditions::{self, CONSUMERS_RESTARTED, READY, VERIFIED, reason, status};
 use crate::crd::{
-    ApiKeyPair, ApiKeyPairStatus, CreatePurpose, PendingCreate, PendingKey, ReplacementStage,
-    SecretKeyRef,
+    ApiKeyPair, ApiKeyPairStatus, CreatePurpose, DeletionPolicy, PendingCreate, PendingKey,
+    PreviousKey, ReplacementStage, RolloutRestartTarget, SecretKeyRef,
 };
 use crate::provider::{
     CreateKeyPair, CreatedKeyPair, KeyLookup, KeyPairApi, ProviderError, ProviderKind,
-    RemoteKeyPair,
+    RemoteKeyPair, UpdateKeyPair,
 };
 
 /// Aborts the process at a named step boundary when the `failpoints` feature is on and
@@ -96,6 +96,9 @@ pub trait Cluster: Send + Sync {
     async fn keys_referenced_elsewhere(&self) -> Result<HashSet<String>, Error>;
     /// The verification code in the referenced Secret key, trimmed, if any.
     async fn read_code(&self, reference: &SecretKeyRef) -> Result<Option<SecretString>, Error>;
+    /// Restarts a workload like `kubectl rollout restart`: stamps its pod template with the
+    /// `keypairs.dev/restartedAt` annotation.
+    async fn restart_workload(&self, target: &RolloutRestartTarget, at: &str) -> Result<(), Error>;
     /// Publishes an event about the resource (failures are logged, never fatal).
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: String);
 }
@@ -145,6 +148,8 @@ pub struct Run<'a> {
     status: ApiKeyPairStatus,
     written: ApiKeyPairStatus,
     checked: bool,
+    /// The rotate annotation value the next create attempt carries out.
+    rotation_request: Option<String>,
 }
 
 impl<'a> Run<'a> {
@@ -165,6 +170,7 @@ impl<'a> Run<'a> {
             written: status.clone(),
             status,
             checked: false,
+            rotation_request: None,
         }
     }
 
@@ -256,11 +262,9 @@ impl<'a> Run<'a> {
         if let Some(why) = plan::refused_edit(self.akp, &self.status) {
             return Err(Error::InvalidSpec(why));
         }
-        if self.kind == ProviderKind::Datonis && self.akp.spec.datonis.is_none() {
-            return Err(Error::InvalidSpec(format!(
-                "{} is a Datonis provider: spec.datonis.roleKey is required",
-                self.provider.description()
-            )));
+        if let Some(why) = plan::invalid_spec(self.akp, self.kind) {
+            let provider = self.provider.description();
+            return Err(Error::InvalidSpec(format!("{why} ({provider})")));
         }
         let state = KeyState::parse(&self.status, self.kind)?;
         self.move_secret_if_relocated(&state).await?;
@@ -358,7 +362,8 @@ impl<'a> Run<'a> {
             }
         };
         failpoint!("remote-created");
-        self.commit_created(&created, serving, purpose).await
+        self.commit_created(&created, serving, purpose, previous)
+            .await
     }
 
     /// Secret first, then status: the new key is recorded only once its secret is safe.
@@ -367,6 +372,7 @@ impl<'a> Run<'a> {
         created: &CreatedKeyPair,
         serving: Option<Credentials>,
         purpose: CreatePurpose,
+        previous: Option<&KeyRecord>,
     ) -> Result<(), Error> {
         let new = Credentials {
             api_key: created.key.api_key.clone(),
@@ -391,7 +397,10 @@ impl<'a> Run<'a> {
         } else {
             self.record_key(&created.key, code_id);
         }
-        self.status.pending_create = None;
+        if let Some(previous) = previous.filter(|_| purpose == CreatePurpose::Rotate) {
+            self.retire_later(&previous.key_id)?;
+        }
+        self.complete_intent();
         self.write(false).await?;
         failpoint!("status-written");
         let name = created.key.name.as_deref().unwrap_or(&created.key.api_key);
@@ -418,6 +427,7 @@ impl<'a> Run<'a> {
             remote_name: remote_name.clone(),
             started_at: rfc3339(started_at),
             purpose,
+            rotation_request: self.rotation_request.take(),
         });
         self.status.provider_ref = Some(self.akp.spec.provider_ref.clone());
         if purpose != CreatePurpose::Replace {
@@ -471,7 +481,12 @@ impl<'a> Run<'a> {
     /// The remote keys an interrupted attempt may have created (a fresh list).
     async fn attempt_candidates(&self, intent: &Intent) -> Result<Vec<RemoteKeyPair>, Error> {
         let remote = self.provider.list().await?;
-        let referenced = self.cluster.keys_referenced_elsewhere().await?;
+        let mut referenced = self.cluster.keys_referenced_elsewhere().await?;
+        // This resource's own keys (serving, replacement, previous) are not the attempt's.
+        let s = &self.status;
+        let own = [&s.key_id, &s.pending_key.as_ref().map(|p| p.key_id.clone())];
+        referenced.extend(own.into_iter().flatten().cloned());
+        referenced.extend(s.previous_key.as_ref().map(|p| p.key_id.clone()));
         let today = intent.started_at.date_naive();
         let expiry = plan::datonis_expiry(today, self.akp.spec.validity_days);
         let role = self.akp.spec.datonis.as_ref().map(|d| d.role_key.as_str());
@@ -490,7 +505,10 @@ impl<'a> Run<'a> {
     async fn recover(&mut self, intent: Intent, previous: Option<KeyRecord>) -> Result<(), Error> {
         let _serialized = self.provider.serialize_creates().await;
         self.write(true).await?;
-        if let Some(previous) = previous.filter(|_| retires_previous(intent.purpose)) {
+        if let Some(previous) = previous
+            .as_ref()
+            .filter(|_| retires_previous(intent.purpose))
+        {
             self.delete_remote(&previous.key_id).await?;
         }
         let candidates = self.attempt_candidates(&intent).await?;
@@ -541,6 +559,9 @@ impl<'a> Run<'a> {
             }
             Recovery::Retry => return self.give_up_attempt(&intent).await,
         }
+        if let Some(previous) = previous.filter(|_| intent.purpose == CreatePurpose::Rotate) {
+            self.retire_later(&previous.key_id)?;
+        }
         self.write(true).await
     }
 
@@ -577,7 +598,17 @@ impl<'a> Run<'a> {
         } else {
             self.record_key(key, None);
         }
-        self.status.pending_create = None;
+        self.complete_intent();
+    }
+
+    /// Clears an intent whose key is recorded; a rotation it carried out counts as done
+    /// only now (a rotation whose attempt is given up is started again).
+    fn complete_intent(&mut self) {
+        if let Some(pending) = self.status.pending_create.take()
+            && pending.rotation_request.is_some()
+        {
+            self.status.rotation_request = pending.rotation_request;
+        }
     }
 
     async fn adopt_with_provider_secret(&mut self, key: &RemoteKeyPair) -> Result<(), Error> {
@@ -631,9 +662,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        self.write(true).await?;
-        self.delete_remote(&old.key_id).await?;
-        failpoint!("remote-deleted");
+        self.retire_later(&old.key_id)?;
         let s = &mut self.status;
         s.key_id = Some(pending.key_id.clone());
         s.api_key = pending.api_key.clone();
@@ -647,7 +676,7 @@ impl<'a> Run<'a> {
         self.set_steady_conditions(None);
         self.write(false).await?;
         let note = format!(
-            "key pair {} now serves; the previous key pair {} was deleted",
+            "key pair {} now serves; the previous key pair {} stays valid for the grace period",
             new.key_id, old.key_id
         );
         self.event(EventType::Normal, "Replaced", "ReplaceKeyPair", note)
@@ -711,6 +740,7 @@ impl<'a> Run<'a> {
         {
             self.status.update_refused_generation = None;
         }
+        self.retire_previous_if_due().await?;
         let view = match self.repair_secret(&key, replacement.as_ref(), view).await? {
             Repaired::Continue(view) => view,
             Repaired::StartedOver(requeue) => return Ok(requeue),
@@ -720,12 +750,15 @@ impl<'a> Run<'a> {
         if due && let Some(requeue) = self.observe(&key, replacement.as_ref(), &view).await? {
             return Ok(requeue);
         }
-        if self.kind == ProviderKind::Threatwinds
-            && replacement.is_none()
-            && plan::needs_replacement(self.akp, &self.status)
-        {
-            self.create(CreatePurpose::Replace, Some(&key)).await?;
-            return Ok(SOON);
+        self.record_renewal_time()?;
+        let rotate = self
+            .akp
+            .annotations()
+            .get(ROTATE_ANNOTATION)
+            .map(String::as_str);
+        let cause = plan::rotation_due(self.kind, self.akp, &self.status, rotate, self.timing.now);
+        if let Some(cause) = cause.filter(|_| replacement.is_none()) {
+            return self.rotate(cause, &key).await;
         }
         let was_verified = key.verification.usable();
         let waiting = self.verification(replacement.as_ref(), &view).await?;
@@ -745,7 +778,169 @@ impl<'a> Run<'a> {
             return Ok(SOON);
         }
         self.set_steady_conditions(waiting);
+        self.restart_consumers(&key).await?;
         Ok(self.next_requeue())
+    }
+
+    /// Records when the key in use is renewed (its expiry minus `renewBefore`).
+    fn record_renewal_time(&mut self) -> Result<(), Error> {
+        let renew_before = plan::renew_before(self.akp).map_err(Error::InvalidSpec)?;
+        let expire_at = self.status.expire_at.as_deref().and_then(parse_time);
+        self.status.renewal_time = expire_at.map(|t| rfc3339(plan::renewal_time(t, renew_before)));
+        Ok(())
+    }
+
+    /// Starts a rotation of the key in use (renewal, request or spec change).
+    async fn rotate(&mut self, cause: RotationCause, key: &KeyRecord) -> Result<Duration, Error> {
+        // Two rotations within a grace period: the oldest key goes now.
+        self.retire_previous_now().await?;
+        let action = plan::rotation_action(self.kind, &cause, self.akp);
+        if let RotationCause::Requested(value) = &cause {
+            // Carried by the intent and recorded with the new key: once per distinct value.
+            self.rotation_request = Some(value.clone());
+        }
+        let note = format!("rotating key pair {} ({cause:?}, {action:?})", key.key_id);
+        self.event(EventType::Normal, "RotationStarted", "RotateKeyPair", note)
+            .await;
+        match action {
+            RotationAction::Replace => self.create(CreatePurpose::Replace, Some(key)).await?,
+            RotationAction::Rotate => self.create(CreatePurpose::Rotate, Some(key)).await?,
+            RotationAction::Extend => self.extend(key).await?,
+        }
+        Ok(SOON)
+    }
+
+    /// Moves the expiry date of the key in use out by `validityDays` from today (Datonis).
+    async fn extend(&mut self, key: &KeyRecord) -> Result<(), Error> {
+        let expire_at = self.status.expire_at.as_deref().and_then(parse_time);
+        let expiry = plan::extended_expiry(self.timing.now, expire_at, self.akp.spec.validity_days);
+        let update = UpdateKeyPair {
+            expiry_date: Some(expiry),
+            ..Default::default()
+        };
+        let updated = self.provider.update(&key.key_id, &update).await?;
+        self.record_observation(&updated);
+        self.record_renewal_time()?;
+        self.write(false).await?;
+        let note = format!(
+            "extended key pair {} to {}",
+            key.key_id,
+            self.status.expire_at.as_deref().unwrap_or("?")
+        );
+        self.event(EventType::Normal, "Extended", "RotateKeyPair", note)
+            .await;
+        Ok(())
+    }
+
+    /// Keeps a replaced key valid for the grace period (recorded, so a restart still
+    /// retires it exactly once).
+    fn retire_later(&mut self, key_id: &str) -> Result<(), Error> {
+        let grace = plan::grace_period(self.akp).map_err(Error::InvalidSpec)?;
+        self.status.previous_key = Some(PreviousKey {
+            key_id: key_id.to_owned(),
+            delete_after: rfc3339(self.timing.now + grace),
+        });
+        Ok(())
+    }
+
+    async fn retire_previous_if_due(&mut self) -> Result<(), Error> {
+        let due = self
+            .status
+            .previous_key
+            .as_ref()
+            .is_some_and(|p| plan::previous_due(p, self.timing.now));
+        if due {
+            self.retire_previous_now().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the previous key (fenced; kept with `deletionPolicy: Orphan`) and forgets it.
+    async fn retire_previous_now(&mut self) -> Result<(), Error> {
+        let Some(previous) = self.status.previous_key.clone() else {
+            return Ok(());
+        };
+        let orphan = self.akp.spec.deletion_policy == DeletionPolicy::Orphan;
+        if !orphan {
+            self.write(true).await?;
+            self.delete_remote(&previous.key_id).await?;
+            failpoint!("previous-deleted");
+        }
+        self.status.previous_key = None;
+        self.write(false).await?;
+        let note = if orphan {
+            format!(
+                "the grace period of key pair {} is over; it is kept (deletionPolicy Orphan)",
+                previous.key_id
+            )
+        } else {
+            format!(
+                "the grace period of key pair {} is over; it was deleted",
+                previous.key_id
+            )
+        };
+        self.event(
+            EventType::Normal,
+            "PreviousKeyRetired",
+            "RotateKeyPair",
+            note,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Restarts the `rolloutRestartTargets` once the Secret serves a key they have not
+    /// seen (not for the first key: nothing used another one before).
+    async fn restart_consumers(&mut self, key: &KeyRecord) -> Result<(), Error> {
+        let serving = &key.key_id;
+        let serving = self.status.key_id.as_ref().unwrap_or(serving).clone();
+        match plan::restart_due(self.akp, &self.status, &serving) {
+            RestartDue::No => return Ok(()),
+            RestartDue::RecordOnly => {
+                self.status.consumers_restarted_for_key_id = Some(serving);
+                return Ok(());
+            }
+            RestartDue::Restart => {}
+        }
+        let at = rfc3339(self.timing.now);
+        let mut failures = Vec::new();
+        for target in &self.akp.spec.rollout_restart_targets {
+            if let Err(e) = self.cluster.restart_workload(target, &at).await {
+                failures.push(format!("{:?} {}: {e}", target.kind, target.name));
+            }
+        }
+        if !failures.is_empty() {
+            let message = format!("cannot restart {}", failures.join("; "));
+            let desired = (status::FALSE, reason::RESTART_FAILED, message.clone());
+            if conditions::find(&self.status.conditions, CONSUMERS_RESTARTED)
+                .map(|c| c.reason.as_str())
+                != Some(reason::RESTART_FAILED)
+            {
+                self.event(
+                    EventType::Warning,
+                    reason::RESTART_FAILED,
+                    "RestartConsumers",
+                    message,
+                )
+                .await;
+            }
+            self.set(CONSUMERS_RESTARTED, desired);
+            return Ok(());
+        }
+        let message = format!("restarted for key pair {serving}");
+        self.set(
+            CONSUMERS_RESTARTED,
+            (status::TRUE, reason::RESTARTED, message.clone()),
+        );
+        self.status.consumers_restarted_for_key_id = Some(serving);
+        self.event(
+            EventType::Normal,
+            reason::RESTARTED,
+            "RestartConsumers",
+            message,
+        )
+        .await;
+        Ok(())
     }
 
     fn next_requeue(&self) -> Duration {
@@ -1025,6 +1220,11 @@ impl<'a> Run<'a> {
             waiting,
             secret_name: &secret_name,
             expire_at: self.status.expire_at.as_deref(),
+            renewal_overdue: plan::renewal_overdue(
+                self.status.renewal_time.as_deref().and_then(parse_time),
+                self.status.expire_at.as_deref().and_then(parse_time),
+                self.timing.now,
+            ),
         };
         let (ready, verified) = plan::steady_conditions(&facts);
         if let Some(verified) = verified {
@@ -1267,10 +1467,10 @@ impl<'a> Run<'a> {
 
     // ---- delete ----------------------------------------------------------------------
 
-    /// Deletes every remote key this resource owns (fenced, under the create lock so an
-    /// attempt in flight elsewhere is never taken for this one's).
-    pub async fn cleanup(mut self) -> Result<Outcome, Error> {
-        match self.cleanup_steps().await {
+    /// Deletes (or, with `disable`, disables) every remote key this resource owns (fenced,
+    /// under the create lock so an attempt in flight elsewhere is never taken for this one's).
+    pub async fn cleanup(mut self, disable: bool) -> Result<Outcome, Error> {
+        match self.cleanup_steps(disable).await {
             Ok(()) => Ok(self.outcome(Duration::ZERO)),
             Err(error) => {
                 let dirty = self.status != self.written;
@@ -1288,7 +1488,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    async fn cleanup_steps(&mut self) -> Result<(), Error> {
+    async fn cleanup_steps(&mut self, disable: bool) -> Result<(), Error> {
         let state = KeyState::parse(&self.status, self.kind)?;
         let _serialized = self.provider.serialize_creates().await;
         self.write(true).await?;
@@ -1296,6 +1496,7 @@ impl<'a> Run<'a> {
             .owned_key_ids()
             .into_iter()
             .map(str::to_owned)
+            .chain(self.status.previous_key.as_ref().map(|p| p.key_id.clone()))
             .collect();
         if let KeyState::Creating { intent, .. } = &state {
             let candidates = self.attempt_candidates(intent).await?;
@@ -1310,13 +1511,19 @@ impl<'a> Run<'a> {
             }
             doomed.extend(candidates.into_iter().map(|k| k.key_id));
         }
+        let disable = disable && self.kind == ProviderKind::Datonis;
         for key_id in &doomed {
-            self.delete_remote(key_id).await?;
+            if disable {
+                self.disable_remote(key_id).await?;
+            } else {
+                self.delete_remote(key_id).await?;
+            }
         }
         failpoint!("remote-deleted");
         if !doomed.is_empty() {
+            let done = if disable { "disabled" } else { "deleted" };
             let note = format!(
-                "deleted key pair(s) {} at {}",
+                "{done} key pair(s) {} at {}",
                 doomed.join(", "),
                 self.provider.description()
             );
@@ -1324,6 +1531,20 @@ impl<'a> Run<'a> {
                 .await;
         }
         Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// Disables a remote key (`deletionPolicy: Disable`); one that is gone counts as done.
+    async fn disable_remote(&self, key_id: &str) -> Result<(), Error> {
+        let update = UpdateKeyPair {
+            enabled: Some(false),
+            ..Default::default()
+        };
+        match self.provider.update(key_id, &update).await {
+            Ok(_) | Err(ProviderError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

@@ -38,6 +38,10 @@ use crate::telemetry::{Health, Metrics};
 pub const FINALIZER: &str = "keypairs.dev/remote-key";
 /// Annotation: any new value asks the provider for a new verification code.
 pub const REQUEST_NEW_CODE_ANNOTATION: &str = "keypairs.dev/request-new-code";
+/// Annotation: any new value rotates the key pair once (like External Secrets' force-sync).
+pub const ROTATE_ANNOTATION: &str = "keypairs.dev/rotate";
+/// Pod template annotation set to restart `rolloutRestartTargets`.
+pub const RESTARTED_AT_ANNOTATION: &str = "keypairs.dev/restartedAt";
 /// Annotation: `"true"` releases a resource without touching the remote key.
 pub const FORCE_ORPHAN_ANNOTATION: &str = "keypairs.dev/force-orphan";
 /// Field manager of every server-side apply and patch the operator makes.
@@ -153,16 +157,16 @@ impl Context {
         }
     }
 
-    /// Whether the key pair with `uid` is due for a provider check. The first reconcile of
-    /// each key pair in this process is always due.
-    pub fn check_due(&self, uid: &str) -> bool {
+    /// Whether the key pair with `uid` is due for a provider check every `interval`. The
+    /// first reconcile of each key pair in this process is always due.
+    pub fn check_due(&self, uid: &str, interval: Duration) -> bool {
         let now = tokio::time::Instant::now();
         let Ok(checks) = self.last_checks.lock() else {
             return true;
         };
-        checks.get(uid).is_none_or(|last| {
-            now.duration_since(*last) >= self.settings.check_interval.mul_f64(0.9)
-        })
+        checks
+            .get(uid)
+            .is_none_or(|last| now.duration_since(*last) >= interval.mul_f64(0.9))
     }
 
     /// Records a successful provider check of `uid` (a failed one stays due).

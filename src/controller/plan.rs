@@ -6,7 +6,10 @@
 use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 
 use crate::conditions::{reason, status};
-use crate::crd::{ApiKeyPair, ApiKeyPairStatus, DeletionPolicy, ProviderRef, ReplacementStage};
+use crate::crd::{
+    ApiKeyPair, ApiKeyPairStatus, DeletionPolicy, PreviousKey, ProviderRef, RenewalStrategy,
+    ReplacementStage,
+};
 use crate::provider::{ProviderError, ProviderKind, RemoteKeyPair, UpdateKeyPair};
 
 use super::secret::{Credentials, SecretView};
@@ -304,6 +307,9 @@ pub fn verify_outcome(result: Result<(), ProviderError>) -> VerifyOutcome {
 pub enum Deletion {
     /// Delete every key the resource owns at the provider.
     DeleteRemote,
+    /// Disable every key the resource owns at the provider (Datonis), then release the
+    /// Secret like an orphan.
+    DisableRemote,
     /// Leave the remote key and release the Secret (it keeps the only copy of a
     /// ThreatWinds secret, so garbage collection must not take it).
     Orphan {
@@ -318,7 +324,215 @@ pub fn deletion(policy: DeletionPolicy, force_orphan: bool) -> Deletion {
         (true, _) => Deletion::Orphan { forced: true },
         (false, DeletionPolicy::Orphan) => Deletion::Orphan { forced: false },
         (false, DeletionPolicy::Delete) => Deletion::DeleteRemote,
+        (false, DeletionPolicy::Disable) => Deletion::DisableRemote,
     }
+}
+
+/// Parses a duration of the spec (`720h`, `30d`, `1h30m`).
+pub fn parse_duration(field: &str, text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{field} {text:?} is not a duration such as 720h or 30d: {e}"))
+}
+
+/// How long before expiry a key is renewed: `spec.renewBefore`, or a third of the
+/// validity and at least a day; always shorter than the validity.
+pub fn renew_before(akp: &ApiKeyPair) -> Result<ChronoDuration, String> {
+    let validity = ChronoDuration::days(i64::from(akp.spec.validity_days));
+    let wanted = match &akp.spec.renew_before {
+        Some(text) => ChronoDuration::from_std(parse_duration("spec.renewBefore", text)?)
+            .map_err(|e| format!("spec.renewBefore {text:?} is too long: {e}"))?,
+        None => (validity / 3).max(ChronoDuration::days(1)),
+    };
+    if wanted >= validity {
+        return Err(format!(
+            "spec.renewBefore ({}) must be shorter than the validity ({} days)",
+            akp.spec
+                .renew_before
+                .as_deref()
+                .unwrap_or("a third of the validity"),
+            akp.spec.validity_days
+        ));
+    }
+    Ok(wanted)
+}
+
+/// How long a replaced key stays valid: `spec.rotation.gracePeriod`, default 10 minutes.
+pub fn grace_period(akp: &ApiKeyPair) -> Result<ChronoDuration, String> {
+    let text = akp
+        .spec
+        .rotation
+        .as_ref()
+        .and_then(|r| r.grace_period.as_deref());
+    let grace = match text {
+        Some(text) => parse_duration("spec.rotation.gracePeriod", text)?,
+        None => std::time::Duration::from_secs(600),
+    };
+    ChronoDuration::from_std(grace)
+        .map_err(|e| format!("spec.rotation.gracePeriod is too long: {e}"))
+}
+
+/// The spec mistakes the schema cannot catch, for a `kind` provider.
+pub fn invalid_spec(akp: &ApiKeyPair, kind: ProviderKind) -> Option<String> {
+    let datonis_only = |what: &str| format!("{what} needs a Datonis provider");
+    let extend = akp.spec.renewal.as_ref().map(|r| r.strategy) == Some(RenewalStrategy::Extend);
+    match kind {
+        ProviderKind::Datonis if akp.spec.datonis.is_none() => {
+            return Some("a Datonis provider needs spec.datonis.roleKey".into());
+        }
+        ProviderKind::Threatwinds if extend => {
+            return Some(datonis_only("renewal.strategy Extend"));
+        }
+        ProviderKind::Threatwinds if akp.spec.deletion_policy == DeletionPolicy::Disable => {
+            return Some(datonis_only("deletionPolicy Disable"));
+        }
+        _ => {}
+    }
+    let checks = [
+        renew_before(akp).err(),
+        grace_period(akp).err(),
+        akp.spec
+            .check_interval
+            .as_deref()
+            .and_then(|t| parse_duration("spec.checkInterval", t).err()),
+    ];
+    checks.into_iter().flatten().next()
+}
+
+/// When a key that expires at `expire_at` is renewed.
+pub fn renewal_time(expire_at: DateTime<Utc>, renew_before: ChronoDuration) -> DateTime<Utc> {
+    expire_at - renew_before
+}
+
+/// Why a key in place is rotated now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RotationCause {
+    /// The `keypairs.dev/rotate` annotation has a value not acted on yet.
+    Requested(String),
+    /// The spec asks for a key the provider cannot update (ThreatWinds name or validity).
+    SpecChanged,
+    /// The renewal time has come.
+    Renewal,
+}
+
+/// Whether a key in place (with no replacement waiting) is rotated now, and why.
+pub fn rotation_due(
+    kind: ProviderKind,
+    akp: &ApiKeyPair,
+    status: &ApiKeyPairStatus,
+    rotate_annotation: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<RotationCause> {
+    if let Some(value) = rotate_annotation
+        && Some(value) != status.rotation_request.as_deref()
+    {
+        return Some(RotationCause::Requested(value.to_owned()));
+    }
+    if kind == ProviderKind::Threatwinds && needs_replacement(akp, status) {
+        return Some(RotationCause::SpecChanged);
+    }
+    // Not while the previous rotation's key is in its grace period: a new key can expire
+    // on the same day as the one it replaced (Datonis counts whole days), and must not
+    // renew again at once.
+    if status.previous_key.is_some() {
+        return None;
+    }
+    let renewal = status.renewal_time.as_deref().and_then(parse_rfc3339)?;
+    (now >= renewal).then_some(RotationCause::Renewal)
+}
+
+/// How a rotation is carried out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RotationAction {
+    /// A replacement waits in the Secret's pending slot for its code (ThreatWinds).
+    Replace,
+    /// A new key goes straight into the Secret; the previous one has a grace period.
+    Rotate,
+    /// The key in use gets a later expiry date (Datonis `Extend`, on renewal only).
+    Extend,
+}
+
+/// The rotation action for a `kind` provider.
+pub fn rotation_action(
+    kind: ProviderKind,
+    cause: &RotationCause,
+    akp: &ApiKeyPair,
+) -> RotationAction {
+    let strategy = akp
+        .spec
+        .renewal
+        .as_ref()
+        .map(|r| r.strategy)
+        .unwrap_or_default();
+    match (kind, cause, strategy) {
+        (ProviderKind::Threatwinds, _, _) => RotationAction::Replace,
+        (ProviderKind::Datonis, RotationCause::Renewal, RenewalStrategy::Extend) => {
+            RotationAction::Extend
+        }
+        (ProviderKind::Datonis, _, _) => RotationAction::Rotate,
+    }
+}
+
+/// The expiry date a Datonis `Extend` renewal sets: `validityDays` from today, or from the
+/// current expiry date if that is later (so a renewal always moves the renewal time on).
+/// The provider reports an expiry date as midnight of the account's zone in UTC, so the
+/// date is read 12 hours on.
+pub fn extended_expiry(
+    now: DateTime<Utc>,
+    expire_at: Option<DateTime<Utc>>,
+    validity_days: u32,
+) -> NaiveDate {
+    let today = now.date_naive();
+    let current = expire_at.map(|t| (t + ChronoDuration::hours(12)).date_naive());
+    let base = current.filter(|c| *c > today).unwrap_or(today);
+    base + ChronoDuration::days(i64::from(validity_days))
+}
+
+/// Whether a renewal that still waits for its code is late: halfway from the renewal time
+/// to the expiry, well before the key in use expires.
+pub fn renewal_overdue(
+    renewal_time: Option<DateTime<Utc>>,
+    expire_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    match (renewal_time, expire_at) {
+        (Some(renewal), Some(expiry)) => now >= renewal + (expiry - renewal) / 2,
+        _ => false,
+    }
+}
+
+/// Whether the previous key's grace period is over.
+pub fn previous_due(previous: &PreviousKey, now: DateTime<Utc>) -> bool {
+    parse_rfc3339(&previous.delete_after).is_none_or(|t| t <= now)
+}
+
+/// Whether the consumers must be restarted for the key the Secret now serves: only after
+/// a change (the first key has no consumer that used another one).
+pub fn restart_due(akp: &ApiKeyPair, status: &ApiKeyPairStatus, serving: &str) -> RestartDue {
+    if akp.spec.rollout_restart_targets.is_empty() {
+        return RestartDue::No;
+    }
+    match status.consumers_restarted_for_key_id.as_deref() {
+        None => RestartDue::RecordOnly,
+        Some(done) if done == serving => RestartDue::No,
+        Some(_) => RestartDue::Restart,
+    }
+}
+
+/// What [`restart_due`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartDue {
+    /// Nothing to do.
+    No,
+    /// Remember the key the consumers start with.
+    RecordOnly,
+    /// Restart the targets, then remember the key.
+    Restart,
+}
+
+fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The facts the steady-state conditions are decided from.
@@ -340,6 +554,9 @@ pub struct SteadyFacts<'a> {
     pub secret_name: &'a str,
     /// When the key expires, as recorded.
     pub expire_at: Option<&'a str>,
+    /// Whether the renewal is late ([`renewal_overdue`]) while the replacement still waits
+    /// for its code.
+    pub renewal_overdue: bool,
 }
 
 /// A condition as decided: status, reason, message.
@@ -375,6 +592,13 @@ pub fn steady_conditions(f: &SteadyFacts<'_>) -> (Decided, Option<Decided>) {
             why,
             format!("key pair {key} is not verified yet"),
         )
+    } else if let Some(r) = f.replacement.filter(|_| f.renewal_overdue) {
+        let at = f.expire_at.unwrap_or_default();
+        let id = &r.key.key_id;
+        let message = format!(
+            "key pair {key} serves until it expires at {at}; its renewal {id} waits for the emailed verification code"
+        );
+        (status::TRUE, reason::RENEWAL_AWAITING_VERIFICATION, message)
     } else if let Some(r) = f.replacement {
         let waits = match r.stage {
             ReplacementStage::VerificationCode => "verification code",
@@ -978,6 +1202,7 @@ mod tests {
                 waiting: None,
                 secret_name: "s",
                 expire_at: None,
+                renewal_overdue: false,
             }
         }
         let verified = record("1", "k", Verification::Verified);
@@ -1192,6 +1417,176 @@ mod tests {
         assert_eq!(
             next_check(hour, 0.5, now, Some(soon)),
             std::time::Duration::from_secs(61)
+        );
+    }
+
+    fn akp_with(spec: serde_json::Value) -> ApiKeyPair {
+        let mut base = serde_json::json!({"providerRef": {"name": "p"}, "validityDays": 30});
+        if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
+            b.extend(extra.clone());
+        }
+        ApiKeyPair::new("web", serde_json::from_value(base).expect("spec"))
+    }
+
+    #[test]
+    fn renew_before_defaults_to_a_third_and_must_be_shorter_than_the_validity() {
+        assert_eq!(
+            renew_before(&akp_with(serde_json::json!({}))),
+            Ok(ChronoDuration::days(10))
+        );
+        let short = akp_with(serde_json::json!({"validityDays": 2}));
+        assert_eq!(
+            renew_before(&short),
+            Ok(ChronoDuration::days(1)),
+            "at least a day"
+        );
+        let set = akp_with(serde_json::json!({"renewBefore": "36h"}));
+        assert_eq!(renew_before(&set), Ok(ChronoDuration::hours(36)));
+        let too_long = akp_with(serde_json::json!({"renewBefore": "30d"}));
+        assert!(renew_before(&too_long).is_err());
+        let one_day = akp_with(serde_json::json!({"validityDays": 1}));
+        assert!(
+            renew_before(&one_day).is_err(),
+            "a day is not shorter than a day"
+        );
+        assert!(invalid_spec(&too_long, ProviderKind::Threatwinds).is_some());
+    }
+
+    #[test]
+    fn spec_checks_the_schema_cannot_make() {
+        let extend = akp_with(serde_json::json!({"renewal": {"strategy": "Extend"}}));
+        assert!(
+            invalid_spec(&extend, ProviderKind::Threatwinds).is_some_and(|m| m.contains("Extend"))
+        );
+        let disable = akp_with(serde_json::json!({"deletionPolicy": "Disable"}));
+        assert!(invalid_spec(&disable, ProviderKind::Threatwinds).is_some());
+        let datonis =
+            akp_with(serde_json::json!({"datonis": {"roleKey": "r"}, "deletionPolicy": "Disable"}));
+        assert_eq!(invalid_spec(&datonis, ProviderKind::Datonis), None);
+        assert!(invalid_spec(&akp_with(serde_json::json!({})), ProviderKind::Datonis).is_some());
+        let grace = akp_with(serde_json::json!({"rotation": {"gracePeriod": "5m"}}));
+        assert_eq!(grace_period(&grace), Ok(ChronoDuration::minutes(5)));
+        assert_eq!(
+            grace_period(&akp_with(serde_json::json!({}))),
+            Ok(ChronoDuration::minutes(10))
+        );
+    }
+
+    #[test]
+    fn rotation_is_due_on_request_on_spec_change_and_at_renewal_time() {
+        let now = Utc::now();
+        let akp = akp_with(serde_json::json!({}));
+        let mut status = ApiKeyPairStatus {
+            validity_days: Some(30),
+            renewal_time: Some((now + ChronoDuration::hours(1)).to_rfc3339()),
+            ..Default::default()
+        };
+        let due = |status: &ApiKeyPairStatus, annotation: Option<&str>| {
+            rotation_due(ProviderKind::Datonis, &akp, status, annotation, now)
+        };
+        assert_eq!(due(&status, None), None);
+        assert_eq!(
+            due(&status, Some("a")),
+            Some(RotationCause::Requested("a".into()))
+        );
+        status.rotation_request = Some("a".into());
+        assert_eq!(due(&status, Some("a")), None, "once per value");
+        status.renewal_time = Some((now - ChronoDuration::seconds(1)).to_rfc3339());
+        assert_eq!(due(&status, Some("a")), Some(RotationCause::Renewal));
+        status.previous_key = Some(PreviousKey {
+            key_id: "old".into(),
+            delete_after: now.to_rfc3339(),
+        });
+        assert_eq!(due(&status, None), None, "not again within a grace period");
+        status.previous_key = None;
+        status.validity_days = Some(60);
+        assert_eq!(
+            rotation_due(ProviderKind::Threatwinds, &akp, &status, None, now),
+            Some(RotationCause::SpecChanged)
+        );
+    }
+
+    #[test]
+    fn the_rotation_action_table() {
+        let rotate = akp_with(serde_json::json!({}));
+        let extend = akp_with(serde_json::json!({"renewal": {"strategy": "Extend"}}));
+        use RotationCause::*;
+        assert_eq!(
+            rotation_action(ProviderKind::Threatwinds, &Renewal, &rotate),
+            RotationAction::Replace
+        );
+        assert_eq!(
+            rotation_action(ProviderKind::Datonis, &Renewal, &rotate),
+            RotationAction::Rotate
+        );
+        assert_eq!(
+            rotation_action(ProviderKind::Datonis, &Renewal, &extend),
+            RotationAction::Extend
+        );
+        assert_eq!(
+            rotation_action(ProviderKind::Datonis, &Requested("x".into()), &extend),
+            RotationAction::Rotate,
+            "a requested rotation makes a new key"
+        );
+    }
+
+    #[test]
+    fn extensions_always_move_the_expiry_on() {
+        let now = DateTime::parse_from_rfc3339("2026-06-01T10:00:00Z")
+            .expect("t")
+            .with_timezone(&Utc);
+        let day = |d: u32| NaiveDate::from_ymd_opt(2026, 6, d).expect("date");
+        assert_eq!(extended_expiry(now, None, 10), day(11));
+        let later = DateTime::parse_from_rfc3339("2026-06-04T18:30:00Z")
+            .expect("t")
+            .with_timezone(&Utc);
+        assert_eq!(
+            extended_expiry(now, Some(later), 10),
+            day(15),
+            "midnight India time is the 5th"
+        );
+    }
+
+    #[test]
+    fn a_renewal_is_late_halfway_to_the_expiry() {
+        let t = |h: i64| Utc::now() + ChronoDuration::hours(h);
+        let (renewal, expiry) = (Some(t(0)), Some(t(10)));
+        assert!(!renewal_overdue(renewal, expiry, t(4)));
+        assert!(renewal_overdue(renewal, expiry, t(5)));
+        assert!(!renewal_overdue(None, expiry, t(9)));
+    }
+
+    #[test]
+    fn consumers_restart_once_per_new_key_and_not_for_the_first() {
+        let with = akp_with(
+            serde_json::json!({"rolloutRestartTargets": [{"kind": "Deployment", "name": "app"}]}),
+        );
+        let mut status = ApiKeyPairStatus::default();
+        assert_eq!(
+            restart_due(&akp_with(serde_json::json!({})), &status, "k1"),
+            RestartDue::No
+        );
+        assert_eq!(restart_due(&with, &status, "k1"), RestartDue::RecordOnly);
+        status.consumers_restarted_for_key_id = Some("k1".into());
+        assert_eq!(restart_due(&with, &status, "k1"), RestartDue::No);
+        assert_eq!(restart_due(&with, &status, "k2"), RestartDue::Restart);
+    }
+
+    #[test]
+    fn the_previous_key_goes_when_its_grace_period_ends() {
+        let now = Utc::now();
+        let previous = |at: DateTime<Utc>| PreviousKey {
+            key_id: "k".into(),
+            delete_after: at.to_rfc3339(),
+        };
+        assert!(!previous_due(
+            &previous(now + ChronoDuration::seconds(1)),
+            now
+        ));
+        assert!(previous_due(&previous(now), now));
+        assert_eq!(
+            deletion(DeletionPolicy::Disable, false),
+            Deletion::DisableRemote
         );
     }
 }

@@ -24,6 +24,9 @@ pub const MANAGED_BY_VALUE: &str = "keypair-operator";
 pub const OWNER_LABEL: &str = "keypairs.dev/api-key-pair";
 /// The label selector of the Secrets this operator owns.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=keypair-operator";
+/// Annotation with a hash of the Secret's data: it changes exactly when the credentials do
+/// (for Reloader-style tools, and for humans comparing Secrets).
+pub const DATA_HASH_ANNOTATION: &str = "keypairs.dev/data-hash";
 /// Suffix of the data keys that hold a replacement waiting to take over.
 pub const PENDING_SUFFIX: &str = ".pending";
 
@@ -128,19 +131,34 @@ pub fn desired_secret(akp: &ApiKeyPair, contents: &SecretContents) -> Secret {
         put(PENDING_SUFFIX, pending);
     }
 
+    let mut annotations = template.annotations;
+    annotations.insert(DATA_HASH_ANNOTATION.to_owned(), data_hash(&data));
     Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(secret_name(akp)),
             namespace: akp.namespace(),
             labels: Some(labels),
-            annotations: (!template.annotations.is_empty()).then_some(template.annotations),
+            annotations: Some(annotations),
             owner_references: akp.controller_owner_ref(&()).map(|r| vec![r]),
             ..Default::default()
         },
-        type_: Some("Opaque".to_owned()),
+        type_: Some(template.type_.unwrap_or_else(|| "Opaque".to_owned())),
         data: Some(data),
         ..Default::default()
     }
+}
+
+/// A short SHA-256 of the data (keys and values), which cannot be turned back into them.
+fn data_hash(data: &BTreeMap<String, ByteString>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (key, value) in data {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(&value.0);
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// Reads an existing Secret (or its absence) against an `ApiKeyPair`.
@@ -205,25 +223,16 @@ pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ApiKeyPairSpec, ProviderRef, ProviderRefKind, SecretTemplate};
+    use crate::crd::{ApiKeyPairSpec, SecretTemplate};
 
     fn akp(template: Option<SecretTemplate>) -> ApiKeyPair {
-        let mut akp = ApiKeyPair::new(
-            "web",
-            ApiKeyPairSpec {
-                provider_ref: ProviderRef {
-                    kind: ProviderRefKind::KeyPairProvider,
-                    name: "tw".into(),
-                },
-                key_name: None,
-                validity_days: 30,
-                secret_name: None,
-                secret_template: template,
-                verification: None,
-                datonis: None,
-                deletion_policy: Default::default(),
-            },
-        );
+        let mut spec: ApiKeyPairSpec = serde_json::from_value(serde_json::json!({
+            "providerRef": {"name": "tw"},
+            "validityDays": 30
+        }))
+        .expect("spec");
+        spec.secret_template = template;
+        let mut akp = ApiKeyPair::new("web", spec);
         akp.metadata.namespace = Some("apps".into());
         akp.metadata.uid = Some("uid-1".into());
         akp
@@ -332,6 +341,44 @@ mod tests {
                 current: None,
                 pending: None
             }
+        );
+    }
+
+    #[test]
+    fn the_data_hash_follows_the_credentials_and_hides_them() {
+        let akp = akp(None);
+        let hash = |key: &str, secret: &str| {
+            let contents = SecretContents {
+                current: creds(key, secret),
+                pending: None,
+            };
+            let secret = desired_secret(&akp, &contents);
+            secret.metadata.annotations.unwrap_or_default()[DATA_HASH_ANNOTATION].clone()
+        };
+        assert_eq!(hash("k", "s1"), hash("k", "s1"));
+        assert_ne!(hash("k", "s1"), hash("k", "s2"));
+        assert!(!hash("k", "secret-value").contains("secret-value"));
+    }
+
+    #[test]
+    fn the_template_types_the_secret() {
+        let mut template = SecretTemplate::default();
+        let contents = SecretContents {
+            current: creds("k", "s"),
+            pending: None,
+        };
+        assert_eq!(
+            desired_secret(&akp(Some(template.clone())), &contents)
+                .type_
+                .as_deref(),
+            Some("Opaque")
+        );
+        template.type_ = Some("example.com/api-key".into());
+        assert_eq!(
+            desired_secret(&akp(Some(template)), &contents)
+                .type_
+                .as_deref(),
+            Some("example.com/api-key")
         );
     }
 

@@ -286,6 +286,7 @@ mod tests {
             remote_name: Some("n [x.2]".into()),
             started_at: "2026-01-01T00:00:00Z".into(),
             purpose,
+            rotation_request: None,
         }
     }
 

@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DNS_SUBDOMAIN, SECRET_DATA_KEY, SecretKeyRef};
+use super::{DNS_SUBDOMAIN, DURATION, SECRET_DATA_KEY, SecretKeyRef};
 
 /// Desired state of an `ApiKeyPair`: which provider issues the key, for how long, and
 /// where its credentials go.
@@ -25,6 +25,7 @@ use super::{DNS_SUBDOMAIN, SECRET_DATA_KEY, SecretKeyRef};
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Verified","type":"boolean","jsonPath":".status.verified"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expireAt"}"#,
+    printcolumn = r#"{"name":"Renews","type":"string","jsonPath":".status.renewalTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -63,9 +64,95 @@ pub struct ApiKeyPairSpec {
     pub datonis: Option<DatonisKeySettings>,
 
     /// What happens to the remote key pair when this resource is deleted:
-    /// `Delete` (default) deletes it at the provider, `Orphan` leaves it.
+    /// `Delete` (default) deletes it at the provider, `Orphan` leaves it, `Disable`
+    /// (Datonis) disables it there.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// How long before expiry the key pair is renewed, as a duration (`720h`, `30d`).
+    /// Default: a third of `validityDays`, at least one day. Must be shorter than the
+    /// validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION))]
+    pub renew_before: Option<String>,
+
+    /// How a key pair is renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalSettings>,
+
+    /// How a rotation hands over from the previous key pair to the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<RotationSettings>,
+
+    /// Workloads in this namespace restarted (like `kubectl rollout restart`) after the
+    /// Secret starts serving a new key pair. Needs the chart's `rbac.rolloutRestart`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_restart_targets: Vec<RolloutRestartTarget>,
+
+    /// While true, the operator makes no provider call and no write for this resource
+    /// (deletion still proceeds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+
+    /// How often this key pair is checked at its provider (a duration such as `30m`);
+    /// overrides the operator's `--check-interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION))]
+    pub check_interval: Option<String>,
+}
+
+/// How a key pair is renewed before it expires.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RenewalSettings {
+    /// `Rotate` (default): a new key pair takes over. `Extend` (Datonis): the expiry date of
+    /// the key pair in use is moved out, with no new secret and no restart.
+    #[serde(default)]
+    pub strategy: RenewalStrategy,
+}
+
+/// How a key pair is renewed.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RenewalStrategy {
+    /// A new key pair replaces the one in use.
+    #[default]
+    Rotate,
+    /// The key pair in use gets a later expiry date (Datonis only).
+    Extend,
+}
+
+/// How a rotation hands over.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSettings {
+    /// How long the previous key pair stays valid after the new one is in the Secret, so
+    /// consumers can pick the new one up (a duration; default `10m`). Then it is deleted at
+    /// the provider (kept with `deletionPolicy: Orphan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION))]
+    pub grace_period: Option<String>,
+}
+
+/// A workload restarted after the Secret changes.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRestartTarget {
+    /// Kind of the workload.
+    pub kind: WorkloadKind,
+    /// Name of the workload, in this resource's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
+    pub name: String,
+}
+
+/// Kinds of workloads that can be restarted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum WorkloadKind {
+    /// `apps/v1` Deployment.
+    Deployment,
+    /// `apps/v1` StatefulSet.
+    StatefulSet,
+    /// `apps/v1` DaemonSet.
+    DaemonSet,
 }
 
 fn default_validity_days() -> u32 {
@@ -107,6 +194,11 @@ pub struct SecretTemplate {
     /// Names of the data keys that hold the credentials.
     #[serde(default)]
     pub keys: SecretDataKeys,
+    /// Type of the Secret (default `Opaque`), for consumers that select Secrets by type.
+    /// A Secret's type cannot change once it exists.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub type_: Option<String>,
 }
 
 /// Names of the Secret data keys that hold the API key and the API secret.
@@ -173,6 +265,9 @@ pub enum DeletionPolicy {
     Delete,
     /// Leave the key pair at the provider.
     Orphan,
+    /// Disable the key pair at the provider (Datonis `enabled: false`), so a human can
+    /// re-enable it there.
+    Disable,
 }
 
 /// Observed state of an `ApiKeyPair`.
@@ -278,6 +373,37 @@ pub struct ApiKeyPairStatus {
     /// sent again until the spec changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_refused_generation: Option<i64>,
+
+    /// When the key pair in use is renewed (RFC 3339): its expiry minus `renewBefore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+
+    /// Last value of the `keypairs.dev/rotate` annotation that started a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request: Option<String>,
+
+    /// The key pair a rotation replaced, valid until `deleteAfter` so consumers can move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<PreviousKey>,
+
+    /// Key id whose arrival in the Secret the `rolloutRestartTargets` were restarted for.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "consumersRestartedForKeyID"
+    )]
+    pub consumers_restarted_for_key_id: Option<String>,
+}
+
+/// A replaced key pair in its grace period.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousKey {
+    /// Provider-side id of the previous key pair.
+    #[serde(rename = "keyID")]
+    pub key_id: String,
+    /// When it is deleted at the provider (RFC 3339).
+    pub delete_after: String,
 }
 
 /// A create attempt whose outcome is not yet recorded.
@@ -293,6 +419,10 @@ pub struct PendingCreate {
     pub started_at: String,
     /// Why the key is being created.
     pub purpose: CreatePurpose,
+    /// The `keypairs.dev/rotate` value this attempt carries out (recorded in
+    /// `rotationRequest` once the new key is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request: Option<String>,
 }
 
 /// Why a key pair is being created.
@@ -308,6 +438,9 @@ pub enum CreatePurpose {
     SecretLost,
     /// The key was deleted at the provider by someone else.
     RemoteKeyMissing,
+    /// Rotation without verification (Datonis): the new key goes straight into the Secret
+    /// and the previous one stays valid for the grace period.
+    Rotate,
     /// A value this version does not know (written by another version): reported as an
     /// inconsistent status for this resource instead of failing the watch of all of them.
     #[serde(other)]

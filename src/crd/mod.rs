@@ -25,6 +25,9 @@ pub const GROUP: &str = "keypairs.dev";
 pub(crate) const DNS_SUBDOMAIN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+/// Pattern of a duration such as `720h`, `30d`, `1h30m` or `90s` (parsed with `humantime`).
+pub(crate) const DURATION: &str = r"^([0-9]+(ms|s|m|h|d|w))+$";
+
 /// Pattern of a key inside a Secret's `data`.
 pub(crate) const SECRET_DATA_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 

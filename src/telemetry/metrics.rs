@@ -54,8 +54,23 @@ pub struct Metrics {
     reconcile_duration: Family<ControllerLabels, Histogram>,
     provider_requests: Family<ProviderCallLabels, Counter>,
     expiration: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
+    renewal: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
+    renewal_overdue: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
     ready: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
     leader: Gauge<i64, AtomicI64>,
+}
+
+/// What the gauges of one `ApiKeyPair` show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyPairFigures {
+    /// When its key pair expires (unix seconds).
+    pub expires_at: Option<i64>,
+    /// When its key pair is renewed (unix seconds).
+    pub renews_at: Option<i64>,
+    /// Whether it is Ready.
+    pub ready: bool,
+    /// Whether the renewal time passed and the renewal key still waits for its code.
+    pub renewal_overdue: bool,
 }
 
 impl Default for Metrics {
@@ -95,6 +110,18 @@ impl Metrics {
             "When the key pair of each ApiKeyPair expires (unix seconds)",
             expiration.clone(),
         );
+        let renewal = Family::<KeyPairLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "renewal_timestamp_seconds",
+            "When the key pair of each ApiKeyPair is renewed (unix seconds)",
+            renewal.clone(),
+        );
+        let renewal_overdue = Family::<KeyPairLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "renewal_awaiting_verification",
+            "1 when the renewal time passed and the renewal key still waits for its emailed code (alert before the key in use expires)",
+            renewal_overdue.clone(),
+        );
         let ready = Family::<KeyPairLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "ready",
@@ -113,6 +140,8 @@ impl Metrics {
             reconcile_duration,
             provider_requests,
             expiration,
+            renewal,
+            renewal_overdue,
             ready,
             leader,
         }
@@ -145,21 +174,29 @@ impl Metrics {
             .inc();
     }
 
-    /// Sets the expiry and readiness of one `ApiKeyPair`.
-    pub fn key_pair(&self, namespace: &str, name: &str, expires_at: Option<i64>, ready: bool) {
+    /// Sets the gauges of one `ApiKeyPair`.
+    pub fn key_pair(&self, namespace: &str, name: &str, figures: KeyPairFigures) {
         let labels = KeyPairLabels {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         };
-        match expires_at {
-            Some(t) => {
-                self.expiration.get_or_create(&labels).set(t);
-            }
-            None => {
-                self.expiration.remove(&labels);
-            }
-        }
-        self.ready.get_or_create(&labels).set(i64::from(ready));
+        let set =
+            |family: &Family<KeyPairLabels, Gauge<i64, AtomicI64>>, value: Option<i64>| match value
+            {
+                Some(v) => {
+                    family.get_or_create(&labels).set(v);
+                }
+                None => {
+                    family.remove(&labels);
+                }
+            };
+        set(&self.expiration, figures.expires_at);
+        set(&self.renewal, figures.renews_at);
+        set(
+            &self.renewal_overdue,
+            Some(i64::from(figures.renewal_overdue)),
+        );
+        set(&self.ready, Some(i64::from(figures.ready)));
     }
 
     /// Forgets a deleted `ApiKeyPair`.
@@ -169,6 +206,8 @@ impl Metrics {
             name: name.to_owned(),
         };
         self.expiration.remove(&labels);
+        self.renewal.remove(&labels);
+        self.renewal_overdue.remove(&labels);
         self.ready.remove(&labels);
     }
 
@@ -196,7 +235,12 @@ mod tests {
         let m = Metrics::new();
         m.reconciled("apikeypair", true, Duration::from_millis(12));
         m.provider_call("threatwinds", "create", "ok");
-        m.key_pair("apps", "web", Some(1_900_000_000), true);
+        let figures = KeyPairFigures {
+            expires_at: Some(1_900_000_000),
+            ready: true,
+            ..Default::default()
+        };
+        m.key_pair("apps", "web", figures);
         m.set_leader(true);
         let text = m.encode();
         for needle in [

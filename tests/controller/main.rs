@@ -11,6 +11,7 @@ mod failures;
 mod leaks;
 mod operations;
 mod regressions;
+mod rotation;
 mod threatwinds;
 
 use common::{Operator, Sandbox};

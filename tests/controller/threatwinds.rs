@@ -288,6 +288,7 @@ async fn a_new_key_name_replaces_the_key_only_after_the_replacement_is_verified(
     let old_id = key_id(&akp);
 
     spec["keyName"] = json!("billing-v2");
+    spec["rotation"] = json!({"gracePeriod": "2s"});
     s.akp("web", spec).await;
     let akp = s.wait_ready("web", "True", "ReplacementPending").await;
     let pending = akp
@@ -320,6 +321,15 @@ async fn a_new_key_name_replaces_the_key_only_after_the_replacement_is_verified(
     let data = s.secret("web").await.expect("Secret");
     assert!(!data.contains_key("apiKey.pending"));
     assert_ne!(data["apiKey"], old_data["apiKey"]);
+    // The old key stays valid for the grace period, then it is deleted.
+    let previous = akp.status.clone().unwrap_or_default().previous_key;
+    assert_eq!(previous.map(|p| p.key_id).as_deref(), Some(old_id.as_str()));
+    s.wait("web", "the grace period over", |a| {
+        a.status
+            .as_ref()
+            .is_some_and(|st| st.previous_key.is_none())
+    })
+    .await;
     let keys = s.sandbox.keys().await;
     assert!(keys.iter().all(|k| k.id != old_id), "old key deleted");
     s.assert_no_orphans(&["web"]).await;

@@ -47,6 +47,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- if .Values.rbac.rolloutRestart }}
+# spec.rolloutRestartTargets: stamp the pod template, as `kubectl rollout restart` does.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, patch]
+{{- end }}
 {{- end -}}
 
 {{/* Cluster-scoped reads every mode needs (no Secrets). */}}
