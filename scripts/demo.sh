@@ -30,7 +30,7 @@ echo $! >"$DEMO/sandbox.pid"
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/_sandbox/keys" >/dev/null && break; sleep 0.1; done
 
 log "CRDs"
-kubectl apply --server-side -f crds/ >/dev/null
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
 
 log "operator (log: $DEMO/operator.log)"
@@ -61,6 +61,30 @@ kubectl -n demo get akp
 log "the Secret's keys (the secret value is not printed)"
 kubectl -n demo get secret billing-api -o go-template='{{range $k, $v := .data}}{{$k}}{{"\n"}}{{end}}'
 printf 'apiKey = %s\n' "$(kubectl -n demo get secret billing-api -o jsonpath='{.data.apiKey}' | base64 -d)"
+
+log "rotating on demand: keypairs.dev/rotate=demo-1 (the new key waits for its code while the old one serves)"
+kubectl -n demo patch akp billing-api --type merge \
+  -p '{"spec":{"rotation":{"gracePeriod":"20s"}},"metadata":{"annotations":{"keypairs.dev/rotate":"demo-1"}}}' >/dev/null
+NEW_CODE_ID=""
+for _ in $(seq 1 120); do
+  NEW_CODE_ID=$(kubectl -n demo get akp billing-api -o jsonpath='{.status.pendingKey.verificationCodeID}' 2>/dev/null || true)
+  [ -n "$NEW_CODE_ID" ] && break
+  sleep 0.5
+done
+[ -n "$NEW_CODE_ID" ] || { echo "no replacement key; see $DEMO/operator.log" >&2; exit 1; }
+kubectl -n demo get akp billing-api
+NEW_CODE=$(curl -sf "http://127.0.0.1:$PORT/_sandbox/outbox" | python3 -c "import json,sys; print(next(m['code'] for m in json.load(sys.stdin) if m['verificationCodeID']=='$NEW_CODE_ID'))")
+log "submitting the new key's code: it takes over, the previous key stays valid for the grace period"
+kubectl -n demo create secret generic billing-api-code --from-literal=code="$NEW_CODE" --dry-run=client -o yaml | kubectl -n demo apply -f - >/dev/null
+for _ in $(seq 1 120); do
+  [ -n "$(kubectl -n demo get akp billing-api -o jsonpath='{.status.previousKey.keyID}' 2>/dev/null)" ] && break
+  sleep 0.5
+done
+printf 'apiKey = %s (previous key %s until %s)\n' \
+  "$(kubectl -n demo get secret billing-api -o jsonpath='{.data.apiKey}' | base64 -d)" \
+  "$(kubectl -n demo get akp billing-api -o jsonpath='{.status.previousKey.keyID}')" \
+  "$(kubectl -n demo get akp billing-api -o jsonpath='{.status.previousKey.deleteAfter}')"
+kubectl -n demo get events --field-selector involvedObject.name=billing-api -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 6 || true
 
 cat <<MSG
 

@@ -77,6 +77,9 @@ pub mod reason {
     /// The renewal time passed and the renewal key still waits for its emailed code; the
     /// key in use serves until it expires.
     pub const RENEWAL_AWAITING_VERIFICATION: &str = "RenewalAwaitingVerification";
+    /// `spec.import` names a key pair whose credentials the Secret does not hold, or that the
+    /// provider does not confirm.
+    pub const IMPORT_REJECTED: &str = "ImportRejected";
     /// The `rolloutRestartTargets` were restarted for the key pair in the Secret.
     pub const RESTARTED: &str = "Restarted";
     /// The operator may not restart a `rolloutRestartTargets` workload (RBAC), or it does

@@ -450,6 +450,7 @@ const READY_FALSE: &[(&str, &str)] = &[
     (reason::REPLACEMENT_PENDING, "Degraded"),
     (reason::RENEWAL_AWAITING_VERIFICATION, "Degraded"),
     (reason::RESTARTED, "Degraded"),
+    (reason::IMPORT_REJECTED, "Degraded"),
     (reason::RESTART_FAILED, "Degraded"),
 ];
 

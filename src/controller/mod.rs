@@ -219,6 +219,9 @@ pub enum Error {
     /// An interrupted create left keys that cannot be told apart safely.
     #[error("{0}")]
     CreateAmbiguous(String),
+    /// `spec.import` cannot be adopted.
+    #[error("{0}")]
+    ImportRejected(String),
     /// A create attempt left nothing usable and is tried again (with back-off).
     #[error("{0}")]
     Retrying(String),
@@ -262,6 +265,7 @@ impl Error {
             Error::SecretConflict(_) => reason::SECRET_CONFLICT,
             Error::CreateAmbiguous(_) => reason::CREATE_AMBIGUOUS,
             Error::InconsistentStatus(_) => reason::INCONSISTENT_STATUS,
+            Error::ImportRejected(_) => reason::IMPORT_REJECTED,
         }
     }
 

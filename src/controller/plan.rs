@@ -68,6 +68,38 @@ pub fn next_step(state: &KeyState, secret: &SecretView) -> Step {
     }
 }
 
+/// Whether the remote key an import names is the one whose credentials the Secret holds.
+/// `checked` is the provider's answer to a lookup with those credentials (ThreatWinds
+/// check of a verified key) or by id (Datonis, which returns the secret too).
+pub fn import_matches(
+    key_id: &str,
+    credentials: &Credentials,
+    remote: &RemoteKeyPair,
+) -> Result<(), String> {
+    use secrecy::ExposeSecret;
+    if remote.key_id != key_id {
+        return Err(format!(
+            "the credentials in the Secret belong to key pair {}, not {key_id}",
+            remote.key_id
+        ));
+    }
+    if remote.api_key != credentials.api_key {
+        return Err(format!(
+            "the API key in the Secret is not the one of key pair {key_id}"
+        ));
+    }
+    let secret_differs = remote
+        .api_secret
+        .as_ref()
+        .is_some_and(|s| s.expose_secret() != credentials.api_secret.expose_secret());
+    if secret_differs {
+        return Err(format!(
+            "the API secret in the Secret is not the one of key pair {key_id}"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the spec may be applied to what the status records, or is an edit the
 /// operator refuses (it would strand the key at the old provider).
 pub fn refused_edit(akp: &ApiKeyPair, status: &ApiKeyPairStatus) -> Option<String> {
@@ -1588,5 +1620,27 @@ mod tests {
             deletion(DeletionPolicy::Disable, false),
             Deletion::DisableRemote
         );
+    }
+
+    #[test]
+    fn an_import_must_match_the_key_its_id_names() {
+        let credentials = Credentials {
+            api_key: "a".into(),
+            api_secret: SecretString::from("s"),
+        };
+        let mut remote = key("k", "a");
+        assert_eq!(import_matches("k", &credentials, &remote), Ok(()));
+        assert!(import_matches("other", &credentials, &remote).is_err());
+        remote.api_secret = Some(SecretString::from("different"));
+        let refused = import_matches("k", &credentials, &remote);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|m| !m.contains("different") && !m.contains('s'))
+                || refused.is_err()
+        );
+        let mut other_key = key("k", "b");
+        other_key.api_secret = None;
+        assert!(import_matches("k", &credentials, &other_key).is_err());
     }
 }

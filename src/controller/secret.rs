@@ -166,6 +166,18 @@ pub fn view_secret(akp: &ApiKeyPair, secret: Option<&Secret>) -> SecretView {
     view_secret_as(akp, secret, &data_keys(akp))
 }
 
+/// The credentials a Secret holds under `keys`, whoever owns it (to import them).
+pub fn credentials_in(secret: &Secret, keys: &SecretDataKeys) -> Option<Credentials> {
+    let data = secret.data.as_ref()?;
+    let read = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+    let api_key = read(&keys.api_key)?;
+    let api_secret = read(&keys.api_secret)?;
+    (!api_key.is_empty() && !api_secret.is_empty()).then(|| Credentials {
+        api_key,
+        api_secret: SecretString::from(api_secret),
+    })
+}
+
 /// Reads an existing Secret with the credentials under `keys` (a layout recorded earlier).
 pub fn view_secret_as(
     akp: &ApiKeyPair,

@@ -94,11 +94,27 @@ pub struct ApiKeyPairSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
 
+    /// Adopt a key pair made by hand instead of creating one: its credentials must already
+    /// be in the Secret named by `secretName` (under `secretTemplate.keys`); the operator
+    /// checks them at the provider before taking the key and the Secret over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<Import>,
+
     /// How often this key pair is checked at its provider (a duration such as `30m`);
     /// overrides the operator's `--check-interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION))]
     pub check_interval: Option<String>,
+}
+
+/// A key pair made by hand, to adopt.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Import {
+    /// Provider-side id of the key pair (ThreatWinds `keyID`, Datonis `key_pair_key`).
+    #[serde(rename = "keyID")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key_id: String,
 }
 
 /// How a key pair is renewed before it expires.

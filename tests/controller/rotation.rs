@@ -355,33 +355,93 @@ async fn suspend_makes_no_provider_calls() {
     s.wait_ready("agent", "True", "Ready").await;
 }
 
-/// A crash right after the previous key was deleted: after the restart it is forgotten,
-/// the serving key is untouched, and nothing else is deleted.
-#[tokio::test]
-async fn a_crash_while_retiring_the_previous_key_deletes_it_once() {
-    let mut s = Scenario::datonis(
-        "retire-crash",
-        &[],
-        &[("KPO_FAILPOINT", "previous-deleted")],
-    )
-    .await;
-    s.akp("agent", datonis_spec(json!({}))).await;
-    let akp = s.wait_ready("agent", "True", "Ready").await;
+/// A kill -9 at each step boundary of a rotation: after the restart the rotation
+/// finishes, the previous key is deleted exactly once (after its grace period), the
+/// Secret serves the one remaining key, and nothing is left behind.
+async fn crash_during_rotation(test: &str, threatwinds: bool, failpoint: &str) {
+    let grace = json!({"rotation": {"gracePeriod": "2s"}});
+    let mut s = if threatwinds {
+        Scenario::threatwinds(test, Dialect::Current, &[], &[]).await
+    } else {
+        Scenario::datonis(test, &[], &[]).await
+    };
+    let spec = if threatwinds {
+        threatwinds_spec(grace)
+    } else {
+        datonis_spec(grace)
+    };
+    s.akp("web", spec).await;
+    if threatwinds {
+        let akp = s
+            .wait_ready("web", "False", "VerificationCodeMissing")
+            .await;
+        s.submit_code(&akp).await;
+    }
+    let akp = s.wait_ready("web", "True", "Ready").await;
     let first = key_id(&akp);
-    annotate(&s, "agent", "keypairs.dev/rotate", "1").await;
-    let akp = wait_new_key(&s, "agent", &first).await;
-    let second = key_id(&akp);
+    s.operator
+        .restart_with(&[("KPO_FAILPOINT", failpoint)])
+        .await;
+    annotate(&s, "web", "keypairs.dev/rotate", "1").await;
+    // The promotion (and so the retirement) of a ThreatWinds key needs its code.
+    let needs_code_first = threatwinds && failpoint == "previous-deleted";
+    if needs_code_first {
+        submit_renewal_code(&s).await;
+    }
     let exit = s.operator.wait_exit(Duration::from_secs(60)).await;
-    assert!(!exit.success(), "aborted at the failpoint");
+    assert!(!exit.success(), "{failpoint}: aborted at the failpoint");
     s.operator.restart_with(&[]).await;
-    s.wait("agent", "the previous key forgotten", |a| {
-        status(a).previous_key.is_none()
-    })
-    .await;
+    if threatwinds && !needs_code_first {
+        submit_renewal_code(&s).await;
+    }
+    let akp = s
+        .wait("web", "rotated, grace period over", |a| {
+            let st = status(a);
+            st.key_id.as_deref().is_some_and(|k| k != first)
+                && st.previous_key.is_none()
+                && st.pending_key.is_none()
+                && st.pending_create.is_none()
+        })
+        .await;
     let keys = s.sandbox.keys().await;
-    assert_eq!(keys.len(), 1);
-    assert_eq!(keys[0].id, second);
-    s.wait_ready("agent", "True", "Ready").await;
+    assert_eq!(keys.len(), 1, "{failpoint}: {keys:?}");
+    assert_eq!(keys[0].id, key_id(&akp));
+    s.assert_no_orphans(&["web"]).await;
+}
+
+/// Puts the code of the renewal key (ThreatWinds) once it waits for one.
+async fn submit_renewal_code(s: &Scenario) {
+    let akp = s
+        .wait("web", "a replacement with its code id", |a| {
+            status(a)
+                .pending_key
+                .is_some_and(|p| p.verification_code_id.is_some())
+        })
+        .await;
+    s.submit_code(&akp).await;
+}
+
+macro_rules! rotation_crash_tests {
+    ($($name:ident: $provider:ident $failpoint:literal,)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let threatwinds = stringify!($provider) == "threatwinds";
+            crash_during_rotation(&stringify!($name).replace('_', "-"), threatwinds, $failpoint).await;
+        }
+    )*};
+}
+
+rotation_crash_tests! {
+    rotate_crash_dt_intent_written: datonis "intent-written",
+    rotate_crash_dt_remote_created: datonis "remote-created",
+    rotate_crash_dt_secret_written: datonis "secret-written",
+    rotate_crash_dt_status_written: datonis "status-written",
+    rotate_crash_dt_previous_deleted: datonis "previous-deleted",
+    rotate_crash_tw_intent_written: threatwinds "intent-written",
+    rotate_crash_tw_remote_created: threatwinds "remote-created",
+    rotate_crash_tw_secret_written: threatwinds "secret-written",
+    rotate_crash_tw_status_written: threatwinds "status-written",
+    rotate_crash_tw_previous_deleted: threatwinds "previous-deleted",
 }
 
 /// `deletionPolicy: Disable` (Datonis): deleting the resource disables the key at the
@@ -402,4 +462,76 @@ async fn disable_policy_and_typed_secret() {
     let keys = s.sandbox.keys().await;
     assert_eq!(keys.len(), 1, "kept at the provider");
     assert_eq!(keys[0].enabled, Some(false), "disabled");
+}
+
+/// `spec.import`: a key pair made by hand, whose credentials are in a Secret, is adopted
+/// after the provider confirms them; wrong credentials are refused with a condition.
+#[tokio::test]
+async fn a_key_made_by_hand_is_imported_after_the_provider_confirms_it() {
+    use keypair_operator::provider::{
+        CreateKeyPair, DatonisClient, DatonisCredentials, HttpOptions, KeyPairApi,
+    };
+    use keypair_operator::sandbox::{DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD};
+    use secrecy::{ExposeSecret, SecretString};
+    let s = Scenario::datonis("import", &[], &[]).await;
+    let credentials = DatonisCredentials::Password {
+        email: DEFAULT_DATONIS_EMAIL.into(),
+        password: SecretString::from(DEFAULT_DATONIS_PASSWORD),
+    };
+    let client =
+        DatonisClient::new(&s.sandbox.url(), credentials, HttpOptions::default()).expect("client");
+    let request = CreateKeyPair {
+        name: "by hand".into(),
+        validity_days: 30,
+        role_key: Some(ROLE.into()),
+    };
+    let made = client.create(&request).await.expect("create by hand");
+    let secret = made.api_secret.expose_secret().to_owned();
+    let api_key = made.key.api_key.clone();
+    common::put_secret(
+        &s.client,
+        &s.ns,
+        "wrong",
+        &[("apiKey", &api_key), ("apiSecret", "not-it")],
+    )
+    .await;
+    common::put_secret(
+        &s.client,
+        &s.ns,
+        "agent",
+        &[("apiKey", &api_key), ("apiSecret", &secret)],
+    )
+    .await;
+    let import = json!({"import": {"keyID": made.key.key_id}});
+
+    let mut refused = datonis_spec(import.clone());
+    merge(&mut refused, json!({"secretName": "wrong"}));
+    s.akp("refused", refused).await;
+    let akp = s.wait_ready("refused", "False", "ImportRejected").await;
+    let message = keypair_operator::conditions::find(&status(&akp).conditions, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("API secret"), "{message}");
+    assert!(
+        !message.contains(&secret) && !message.contains("not-it"),
+        "no secret in the message"
+    );
+
+    s.akp("agent", datonis_spec(import)).await;
+    let akp = s.wait_ready("agent", "True", "Ready").await;
+    assert_eq!(key_id(&akp), made.key.key_id, "the same key");
+    assert_eq!(s.sandbox.keys().await.len(), 1, "no new key");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns);
+    let taken = secrets.get("agent").await.expect("Secret");
+    assert!(
+        taken
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.name == "agent"),
+        "the Secret is taken over"
+    );
+    let data = s.secret("agent").await.expect("data");
+    assert_eq!(data["apiSecret"], secret, "the same credentials");
 }
