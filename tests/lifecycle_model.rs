@@ -861,6 +861,24 @@ fn phases(kind: ProviderKind) -> Vec<Phase> {
             rotates: true,
         },
         Phase {
+            name: "expired-and-deleted",
+            act: |w| {
+                let status = w.akp.status.clone().unwrap_or_default();
+                let expiry = status
+                    .expire_at
+                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok());
+                w.now = expiry.map(|t| t.with_timezone(&Utc)).unwrap_or(w.now)
+                    + chrono::Duration::seconds(1);
+                // Providers may drop expired keys: this one is gone with its replacement.
+                w.keys.clear();
+            },
+            done: |w| {
+                let serving = w.akp.status.as_ref().and_then(|s| s.key_id.clone());
+                ready(w) && serving.is_some_and(|id| w.keys.contains_key(&id))
+            },
+            rotates: true,
+        },
+        Phase {
             name: "delete",
             act: |w| {
                 w.akp.metadata.deletion_timestamp =

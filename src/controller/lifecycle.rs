@@ -841,9 +841,25 @@ impl<'a> Run<'a> {
         {
             return Ok(SOON);
         }
+        let was = conditions::find(&self.status.conditions, READY).map(|c| c.reason.clone());
         self.set_steady_conditions(waiting);
+        self.warn_if_renewal_late(was.as_deref()).await;
         self.restart_consumers(&key).await?;
         Ok(self.next_requeue())
+    }
+
+    /// A Warning event when a renewal becomes late (its code has not arrived halfway to
+    /// the expiry); the condition and the metric say so too.
+    async fn warn_if_renewal_late(&self, was: Option<&str>) {
+        let now = conditions::find(&self.status.conditions, READY)
+            .map(|c| (c.reason.as_str(), c.message.clone()));
+        if let Some((reason::RENEWAL_AWAITING_VERIFICATION, message)) = now
+            && was != Some(reason::RENEWAL_AWAITING_VERIFICATION)
+        {
+            let why = reason::RENEWAL_AWAITING_VERIFICATION;
+            self.event(EventType::Warning, why, "RotateKeyPair", message)
+                .await;
+        }
     }
 
     /// Records when the key in use is renewed (its expiry minus `renewBefore`).
@@ -1017,12 +1033,22 @@ impl<'a> Run<'a> {
         if awaiting {
             return self.timing.verification_poll_interval;
         }
-        let expire_at = self.status.expire_at.as_deref().and_then(parse_time);
+        // Sleep until the next thing is due: expiry, renewal, or the end of a grace period.
+        let s = &self.status;
+        let deadline = [
+            s.expire_at.as_deref(),
+            s.renewal_time.as_deref(),
+            s.previous_key.as_ref().map(|p| p.delete_after.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(parse_time)
+        .min();
         plan::next_check(
             self.timing.check_interval,
             self.timing.jitter,
             self.timing.now,
-            expire_at,
+            deadline,
         )
     }
 
@@ -1200,11 +1226,12 @@ impl<'a> Run<'a> {
         key: &KeyRecord,
         replacement: Option<&Replacement>,
     ) -> Result<Option<Duration>, Error> {
-        if self.is_expired() {
-            self.checked = true;
-            return Ok(None);
-        }
-        let why = format!("key pair {} was deleted at the provider", key.key_id);
+        let why = if self.is_expired() {
+            // Providers may drop expired keys: a new one replaces it.
+            format!("expired key pair {} is gone at the provider", key.key_id)
+        } else {
+            format!("key pair {} was deleted at the provider", key.key_id)
+        };
         let started = self.start_over(CreatePurpose::RemoteKeyMissing, key, replacement, &why);
         Ok(Some(started.await?))
     }

@@ -848,19 +848,19 @@ pub fn code_fingerprint(verification_code_id: &str, code: &str) -> String {
 }
 
 /// When to look at a resource again: the check interval with up to ±10% jitter (so
-/// checks of many resources spread out), sooner if the key expires before then.
+/// checks of many resources spread out), sooner if something is due before then (the
+/// expiry, the renewal time, the end of a grace period): the controller sleeps until
+/// then rather than polling.
 pub fn next_check(
     check_interval: std::time::Duration,
     jitter_unit: f64,
     now: DateTime<Utc>,
-    expire_at: Option<DateTime<Utc>>,
+    deadline: Option<DateTime<Utc>>,
 ) -> std::time::Duration {
     let factor = 0.9 + 0.2 * jitter_unit.clamp(0.0, 1.0);
     let jittered = check_interval.mul_f64(factor);
-    match expire_at.and_then(|t| (t - now).to_std().ok()) {
-        Some(until_expiry) if until_expiry < jittered => {
-            until_expiry + std::time::Duration::from_secs(1)
-        }
+    match deadline.and_then(|t| (t - now).to_std().ok()) {
+        Some(until) if until < jittered => until + std::time::Duration::from_secs(1),
         _ => jittered,
     }
 }
@@ -1256,6 +1256,20 @@ mod tests {
             (status::FALSE, reason::VERIFICATION_CODE_REJECTED)
         );
         assert_eq!(v.map(|v| v.1), Some(reason::VERIFICATION_CODE_REJECTED));
+        let mut late = facts(&verified, Some(&r));
+        late.renewal_overdue = true;
+        let (ready, _) = steady_conditions(&late);
+        assert_eq!(
+            (ready.0, ready.1),
+            (status::TRUE, reason::RENEWAL_AWAITING_VERIFICATION),
+            "the key in use still serves, and says its renewal is late"
+        );
+        late.expired = true;
+        assert_eq!(
+            steady_conditions(&late).0.1,
+            reason::EXPIRED,
+            "then it expires cleanly"
+        );
         let mut f = facts(&verified, None);
         f.expired = true;
         f.disabled = true;

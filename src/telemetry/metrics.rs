@@ -237,8 +237,9 @@ mod tests {
         m.provider_call("threatwinds", "create", "ok");
         let figures = KeyPairFigures {
             expires_at: Some(1_900_000_000),
+            renews_at: Some(1_800_000_000),
             ready: true,
-            ..Default::default()
+            renewal_overdue: true,
         };
         m.key_pair("apps", "web", figures);
         m.set_leader(true);
@@ -249,6 +250,8 @@ mod tests {
             "keypair_operator_provider_requests_total{provider=\"threatwinds\",operation=\"create\",status=\"ok\"} 1",
             "keypair_operator_expiration_timestamp_seconds{namespace=\"apps\",name=\"web\"} 1900000000",
             "keypair_operator_ready{namespace=\"apps\",name=\"web\"} 1",
+            "keypair_operator_renewal_timestamp_seconds{namespace=\"apps\",name=\"web\"} 1800000000",
+            "keypair_operator_renewal_awaiting_verification{namespace=\"apps\",name=\"web\"} 1",
             "keypair_operator_leader 1",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
