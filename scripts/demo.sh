@@ -42,16 +42,28 @@ kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/de
 sed -e "s#SANDBOX_URL#http://127.0.0.1:$PORT#" -e "s#SESSION_TOKEN#$TOKEN#" examples/threatwinds.yaml \
   | kubectl -n demo apply -f -
 
+# Waits until jsonpath $1 of the ApiKeyPair has a value and prints it.
+wait_field() {
+  local value=""
+  for _ in $(seq 1 120); do
+    value=$(kubectl -n demo get akp billing-api -o jsonpath="$1" 2>/dev/null || true)
+    [ -n "$value" ] && { echo "$value"; return 0; }
+    sleep 0.5
+  done
+  echo "billing-api has no $1; see $DEMO/operator.log" >&2
+  return 1
+}
+
+# The code the sandbox "emailed" for verification code id $1.
+code_for() {
+  curl -sf "http://127.0.0.1:$PORT/_sandbox/outbox" \
+    | python3 -c "import json,sys; print(next(m['code'] for m in json.load(sys.stdin) if m['verificationCodeID']=='$1'))"
+}
+
 log "waiting for the key pair and its verification code"
-CODE_ID=""
-for _ in $(seq 1 120); do
-  CODE_ID=$(kubectl -n demo get akp billing-api -o jsonpath='{.status.verificationCodeID}' 2>/dev/null || true)
-  [ -n "$CODE_ID" ] && break
-  sleep 0.5
-done
-[ -n "$CODE_ID" ] || { echo "no verification code id; see $DEMO/operator.log" >&2; exit 1; }
+CODE_ID=$(wait_field '{.status.verificationCodeID}')
 kubectl -n demo get akp billing-api
-CODE=$(curl -sf "http://127.0.0.1:$PORT/_sandbox/outbox" | python3 -c "import json,sys; print(next(m['code'] for m in json.load(sys.stdin) if m['verificationCodeID']=='$CODE_ID'))")
+CODE=$(code_for "$CODE_ID")
 log "submitting the emailed code from the sandbox outbox"
 kubectl -n demo create secret generic billing-api-code --from-literal=code="$CODE" --dry-run=client -o yaml | kubectl -n demo apply -f -
 kubectl -n demo wait --for=condition=Ready akp/billing-api --timeout=120s >/dev/null
@@ -65,21 +77,12 @@ printf 'apiKey = %s\n' "$(kubectl -n demo get secret billing-api -o jsonpath='{.
 log "rotating on demand: keypairs.dev/rotate=demo-1 (the new key waits for its code while the old one serves)"
 kubectl -n demo patch akp billing-api --type merge \
   -p '{"spec":{"rotation":{"gracePeriod":"20s"}},"metadata":{"annotations":{"keypairs.dev/rotate":"demo-1"}}}' >/dev/null
-NEW_CODE_ID=""
-for _ in $(seq 1 120); do
-  NEW_CODE_ID=$(kubectl -n demo get akp billing-api -o jsonpath='{.status.pendingKey.verificationCodeID}' 2>/dev/null || true)
-  [ -n "$NEW_CODE_ID" ] && break
-  sleep 0.5
-done
-[ -n "$NEW_CODE_ID" ] || { echo "no replacement key; see $DEMO/operator.log" >&2; exit 1; }
+NEW_CODE_ID=$(wait_field '{.status.pendingKey.verificationCodeID}')
 kubectl -n demo get akp billing-api
-NEW_CODE=$(curl -sf "http://127.0.0.1:$PORT/_sandbox/outbox" | python3 -c "import json,sys; print(next(m['code'] for m in json.load(sys.stdin) if m['verificationCodeID']=='$NEW_CODE_ID'))")
+NEW_CODE=$(code_for "$NEW_CODE_ID")
 log "submitting the new key's code: it takes over, the previous key stays valid for the grace period"
 kubectl -n demo create secret generic billing-api-code --from-literal=code="$NEW_CODE" --dry-run=client -o yaml | kubectl -n demo apply -f - >/dev/null
-for _ in $(seq 1 120); do
-  [ -n "$(kubectl -n demo get akp billing-api -o jsonpath='{.status.previousKey.keyID}' 2>/dev/null)" ] && break
-  sleep 0.5
-done
+wait_field '{.status.previousKey.keyID}' >/dev/null
 printf 'apiKey = %s (previous key %s until %s)\n' \
   "$(kubectl -n demo get secret billing-api -o jsonpath='{.data.apiKey}' | base64 -d)" \
   "$(kubectl -n demo get akp billing-api -o jsonpath='{.status.previousKey.keyID}')" \

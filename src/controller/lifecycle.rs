@@ -220,6 +220,23 @@ impl<'a> Run<'a> {
         self.cluster.apply_secret(&desired).await
     }
 
+    /// Writes the Secret to serve these credentials, with no pending slot.
+    async fn serve(
+        &self,
+        api_key: &str,
+        api_secret: SecretString,
+    ) -> Result<SecretContents, Error> {
+        let contents = SecretContents {
+            current: Credentials {
+                api_key: api_key.to_owned(),
+                api_secret,
+            },
+            pending: None,
+        };
+        self.apply_secret(&contents).await?;
+        Ok(contents)
+    }
+
     async fn delete_remote(&self, key_id: &str) -> Result<(), Error> {
         delete_remote(self.provider, key_id).await
     }
@@ -683,15 +700,7 @@ impl<'a> Run<'a> {
                 super::FORCE_ORPHAN_ANNOTATION
             )));
         };
-        let current = Credentials {
-            api_key: key.api_key.clone(),
-            api_secret,
-        };
-        let contents = SecretContents {
-            current,
-            pending: None,
-        };
-        self.apply_secret(&contents).await?;
+        self.serve(&key.api_key, api_secret).await?;
         self.adopt(key, false);
         Ok(())
     }
@@ -1144,15 +1153,7 @@ impl<'a> Run<'a> {
             let requeue = self.start_over(CreatePurpose::SecretLost, key, None, why);
             return Ok(Repaired::StartedOver(requeue.await?));
         };
-        let current = Credentials {
-            api_key: remote.api_key.clone(),
-            api_secret,
-        };
-        let contents = SecretContents {
-            current,
-            pending: None,
-        };
-        self.apply_secret(&contents).await?;
+        let contents = self.serve(&remote.api_key, api_secret).await?;
         let note = "restored the Secret from the provider".to_owned();
         self.event(EventType::Normal, "SecretRestored", "RestoreSecret", note)
             .await;

@@ -155,6 +155,34 @@ impl Scenario {
         common::put_secret(&self.client, &self.ns, "code", &[("code", &code)]).await;
     }
 
+    /// Waits for a new ThreatWinds key's code request, submits the code, and waits until
+    /// the key pair is Ready; returns it and its Secret's data.
+    pub async fn verified(
+        &self,
+        name: &str,
+    ) -> (ApiKeyPair, std::collections::BTreeMap<String, String>) {
+        let akp = self
+            .wait_ready(name, "False", "VerificationCodeMissing")
+            .await;
+        self.submit_code(&akp).await;
+        let akp = self.wait_ready(name, "True", "Ready").await;
+        let data = self.secret(name).await.expect("Secret");
+        (akp, data)
+    }
+
+    /// Sets an annotation on an `ApiKeyPair`.
+    pub async fn annotate(&self, name: &str, key: &str, value: &str) {
+        let api: kube::Api<ApiKeyPair> = kube::Api::namespaced(self.client.clone(), &self.ns);
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("annotate");
+    }
+
     /// Deletes an `ApiKeyPair` and waits until it is gone (finalizer released).
     pub async fn delete_and_wait_gone(&self, name: &str) {
         let api: kube::Api<ApiKeyPair> = kube::Api::namespaced(self.client.clone(), &self.ns);

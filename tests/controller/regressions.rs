@@ -38,14 +38,6 @@ fn key_id(akp: &ApiKeyPair) -> String {
         .unwrap_or_default()
 }
 
-async fn annotate(s: &Scenario, name: &str, key: &str, value: &str) {
-    let api: Api<ApiKeyPair> = Api::namespaced(s.client.clone(), &s.ns);
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotate");
-}
-
 /// Waits until the sandbox has answered `endpoint` at least `n` times.
 async fn wait_count(s: &Scenario, endpoint: &str, n: u64) {
     common::wait_for(
@@ -87,7 +79,8 @@ async fn threatwinds_lifecycle_under_every_strict_reading() {
         assert_eq!(keys.len(), 1, "{name}: no replacement while unverified");
         assert_eq!(keys[0].id, first, "{name}");
 
-        annotate(&s, "web", "keypairs.dev/request-new-code", "1").await;
+        s.annotate("web", "keypairs.dev/request-new-code", "1")
+            .await;
         let akp = s
             .wait("web", "a new code id", |a| {
                 a.status
@@ -222,7 +215,8 @@ async fn orphaning_keeps_the_secret() {
     s.akp("forced", json!({"providerRef": {"name": "p"}})).await;
     s.wait_ready("forced", "False", "AwaitingVerificationCode")
         .await;
-    annotate(&s, "forced", "keypairs.dev/force-orphan", "true").await;
+    s.annotate("forced", "keypairs.dev/force-orphan", "true")
+        .await;
     for name in ["web", "forced"] {
         s.delete_and_wait_gone(name).await;
         let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
@@ -255,11 +249,7 @@ async fn orphaning_keeps_the_secret() {
 async fn spec_edits_move_the_secret_or_are_refused() {
     let s = Scenario::threatwinds("spec-edits", Default::default(), &[], &[]).await;
     s.akp("web", tw_spec()).await;
-    let akp = s
-        .wait_ready("web", "False", "VerificationCodeMissing")
-        .await;
-    s.submit_code(&akp).await;
-    let akp = s.wait_ready("web", "True", "Ready").await;
+    let (akp, _) = s.verified("web").await;
     let id = key_id(&akp);
     let before = s.secret("web").await.expect("Secret");
 
@@ -303,11 +293,7 @@ async fn spec_edits_move_the_secret_or_are_refused() {
 async fn a_lost_secret_during_a_replacement_abandons_the_replacement() {
     let s = Scenario::threatwinds("lost-during-replace", Default::default(), &[], &[]).await;
     s.akp("web", tw_spec()).await;
-    let akp = s
-        .wait_ready("web", "False", "VerificationCodeMissing")
-        .await;
-    s.submit_code(&akp).await;
-    let akp = s.wait_ready("web", "True", "Ready").await;
+    let (akp, _) = s.verified("web").await;
     let old = key_id(&akp);
     let mut spec = tw_spec();
     spec["keyName"] = json!("renamed");

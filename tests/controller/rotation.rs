@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use keypair_operator::crd::ApiKeyPair;
 use keypair_operator::sandbox::Dialect;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::{Value, json};
 
 use crate::Scenario;
@@ -54,14 +54,6 @@ fn renew_in(expire_at: &str, seconds: i64) -> String {
         .with_timezone(&Utc);
     let until = (expiry - Utc::now()).num_seconds() - seconds;
     format!("{until}s")
-}
-
-async fn annotate(s: &Scenario, name: &str, key: &str, value: &str) {
-    let api: Api<ApiKeyPair> = Api::namespaced(s.client.clone(), &s.ns);
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("annotate");
 }
 
 async fn wait_event(s: &Scenario, name: &str, reason: &str) {
@@ -209,11 +201,7 @@ async fn datonis_renews_by_extending_the_expiry() {
 async fn threatwinds_renewal_waits_for_its_code_then_retires_the_old_key() {
     let s = Scenario::threatwinds("renew-tw", Dialect::Current, &[], &[]).await;
     s.akp("web", threatwinds_spec(json!({}))).await;
-    let akp = s
-        .wait_ready("web", "False", "VerificationCodeMissing")
-        .await;
-    s.submit_code(&akp).await;
-    let akp = s.wait_ready("web", "True", "Ready").await;
+    let (akp, _) = s.verified("web").await;
     let first = key_id(&akp);
     let before = s.secret("web").await.expect("Secret");
 
@@ -251,7 +239,7 @@ async fn manual_rotation_happens_once_per_value() {
     s.akp("agent", datonis_spec(json!({}))).await;
     let akp = s.wait_ready("agent", "True", "Ready").await;
     let first = key_id(&akp);
-    annotate(&s, "agent", "keypairs.dev/rotate", "a").await;
+    s.annotate("agent", "keypairs.dev/rotate", "a").await;
     let akp = wait_new_key(&s, "agent", &first).await;
     assert_eq!(status(&akp).rotation_request.as_deref(), Some("a"));
     // Two more checks (every 3 s): no further rotation.
@@ -266,7 +254,7 @@ async fn manual_rotation_happens_once_per_value() {
         "one rotation"
     );
     let second = key_id(&akp);
-    annotate(&s, "agent", "keypairs.dev/rotate", "b").await;
+    s.annotate("agent", "keypairs.dev/rotate", "b").await;
     wait_new_key(&s, "agent", &second).await;
     assert_eq!(s.sandbox.count("POST /api/v3/key_pairs").await, 3);
 }
@@ -280,7 +268,7 @@ async fn consumers_are_restarted_once_per_rotation() {
     let targets = json!({"rolloutRestartTargets": [{"kind": "Deployment", "name": "app"}]});
     s.akp("agent", datonis_spec(targets)).await;
     let akp = s.wait_ready("agent", "True", "Ready").await;
-    annotate(&s, "agent", "keypairs.dev/rotate", "1").await;
+    s.annotate("agent", "keypairs.dev/rotate", "1").await;
     wait_new_key(&s, "agent", &key_id(&akp)).await;
     let stamp = common::wait_for("the restart", Duration::from_secs(30), || async {
         restarted_at(&s, "app").await
@@ -304,7 +292,7 @@ async fn consumers_are_restarted_once_per_rotation() {
 
     let missing = json!({"rolloutRestartTargets": [{"kind": "StatefulSet", "name": "missing"}]});
     s.akp("agent", datonis_spec(missing)).await;
-    annotate(&s, "agent", "keypairs.dev/rotate", "2").await;
+    s.annotate("agent", "keypairs.dev/rotate", "2").await;
     let akp = s
         .wait("agent", "a failed restart", |a| {
             condition(a, "ConsumersRestarted").is_some_and(|c| c.1 == "RestartFailed")
@@ -323,7 +311,7 @@ async fn orphan_keeps_the_previous_key() {
     s.akp("agent", datonis_spec(json!({"deletionPolicy": "Orphan"})))
         .await;
     let akp = s.wait_ready("agent", "True", "Ready").await;
-    annotate(&s, "agent", "keypairs.dev/rotate", "1").await;
+    s.annotate("agent", "keypairs.dev/rotate", "1").await;
     wait_new_key(&s, "agent", &key_id(&akp)).await;
     wait_event(&s, "agent", "PreviousKeyRetired").await;
     assert_eq!(s.sandbox.keys().await.len(), 2, "the previous key is kept");
@@ -382,7 +370,7 @@ async fn crash_during_rotation(test: &str, threatwinds: bool, failpoint: &str) {
     s.operator
         .restart_with(&[("KPO_FAILPOINT", failpoint)])
         .await;
-    annotate(&s, "web", "keypairs.dev/rotate", "1").await;
+    s.annotate("web", "keypairs.dev/rotate", "1").await;
     // The promotion (and so the retirement) of a ThreatWinds key needs its code.
     let needs_code_first = threatwinds && failpoint == "previous-deleted";
     if needs_code_first {

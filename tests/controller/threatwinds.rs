@@ -1,7 +1,5 @@
 //! ThreatWinds key pairs end to end: create, verify, observe, replace, delete.
 
-use std::collections::BTreeMap;
-
 use keypair_operator::crd::ApiKeyPair;
 use keypair_operator::sandbox::Dialect;
 use kube::Api;
@@ -212,19 +210,11 @@ async fn wait_new_key(s: &Scenario, name: &str, old_id: &str) -> ApiKeyPair {
     .await
 }
 
-async fn ready_key(s: &Scenario, name: &str) -> (ApiKeyPair, BTreeMap<String, String>) {
-    let akp = s.wait_ready(name, "False", "VerificationCodeMissing").await;
-    s.submit_code(&akp).await;
-    let akp = s.wait_ready(name, "True", "Ready").await;
-    let data = s.secret(name).await.expect("Secret");
-    (akp, data)
-}
-
 #[tokio::test]
 async fn a_deleted_secret_means_the_secret_is_lost_and_the_key_is_replaced() {
     let s = Scenario::threatwinds("tw-secret-lost", Dialect::Current, &[], &[]).await;
     s.akp("web", verification_spec()).await;
-    let (akp, data) = ready_key(&s, "web").await;
+    let (akp, data) = s.verified("web").await;
     let old_id = key_id(&akp);
 
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns);
@@ -253,7 +243,7 @@ async fn a_deleted_secret_means_the_secret_is_lost_and_the_key_is_replaced() {
 async fn a_key_deleted_at_the_provider_is_recreated() {
     let s = Scenario::threatwinds("tw-remote-missing", Dialect::Current, &[], &[]).await;
     s.akp("web", verification_spec()).await;
-    let (akp, _) = ready_key(&s, "web").await;
+    let (akp, _) = s.verified("web").await;
     let old_id = key_id(&akp);
 
     let response = reqwest::Client::new()
@@ -284,7 +274,7 @@ async fn a_new_key_name_replaces_the_key_only_after_the_replacement_is_verified(
     let mut spec = verification_spec();
     spec["keyName"] = json!("billing");
     s.akp("web", spec.clone()).await;
-    let (akp, old_data) = ready_key(&s, "web").await;
+    let (akp, old_data) = s.verified("web").await;
     let old_id = key_id(&akp);
 
     spec["keyName"] = json!("billing-v2");
