@@ -651,10 +651,45 @@ impl<'a> Run<'a> {
     async fn give_up_attempt(&mut self, intent: &Intent) -> Result<(), Error> {
         self.forget_intent(intent.purpose);
         self.write(true).await?;
+        self.sweep_strays().await?;
         Err(Error::Retrying(format!(
             "create attempt {} left no usable key pair; trying again",
             intent.attempt
         )))
+    }
+
+    /// Deletes ThreatWinds keys of earlier attempts of this resource that committed after
+    /// their recovery gave up on them (runs after a fenced write, from a fresh list).
+    async fn sweep_strays(&self) -> Result<(), Error> {
+        if self.kind != ProviderKind::Threatwinds {
+            return Ok(());
+        }
+        let listed = self.provider.list().await?;
+        let uid = self.akp.uid().unwrap_or_default();
+        let s = &self.status;
+        let owned: Vec<&str> = [
+            s.key_id.as_deref(),
+            s.pending_key.as_ref().map(|p| p.key_id.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(s.previous_key.as_ref().map(|p| p.key_id.as_str()))
+        .collect();
+        for stray in plan::stray_attempt_keys(&uid, &listed, &owned) {
+            self.delete_remote(&stray.key_id).await?;
+            let note = format!(
+                "deleted key pair {} of an earlier interrupted attempt",
+                stray.key_id
+            );
+            self.event(
+                EventType::Warning,
+                "CreateInterrupted",
+                "RecoverCreate",
+                note,
+            )
+            .await;
+        }
+        Ok(())
     }
 
     /// Clears the intent. An attempt that retired the previous key also forgets that key:
@@ -1602,6 +1637,14 @@ impl<'a> Run<'a> {
                 )));
             }
             doomed.extend(candidates.into_iter().map(|k| k.key_id));
+        }
+        if self.kind == ProviderKind::Threatwinds {
+            let listed = self.provider.list().await?;
+            let uid = self.akp.uid().unwrap_or_default();
+            let strays = plan::stray_attempt_keys(&uid, &listed, &[]);
+            doomed.extend(strays.into_iter().map(|k| k.key_id.clone()));
+            doomed.sort();
+            doomed.dedup();
         }
         let disable = disable && self.kind == ProviderKind::Datonis;
         for key_id in &doomed {

@@ -727,6 +727,26 @@ pub fn attempt_candidates<'a>(
     }
 }
 
+/// ThreatWinds keys of any attempt of this resource (named with its UID token) that the
+/// status does not own: left by an attempt whose create committed after its recovery gave
+/// up on it. Deleting them keeps I1 and I4 whatever the timing.
+pub fn stray_attempt_keys<'a>(
+    uid: &str,
+    remote: &'a [RemoteKeyPair],
+    owned: &[&str],
+) -> Vec<&'a RemoteKeyPair> {
+    let short: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    let prefix = format!("[{short}.");
+    remote
+        .iter()
+        .filter(|k| {
+            let token = k.name.as_deref().and_then(attempt_token);
+            !short.is_empty() && token.is_some_and(|t| t.starts_with(&prefix))
+        })
+        .filter(|k| !owned.contains(&k.key_id.as_str()))
+        .collect()
+}
+
 /// Decides what to do with the candidates of an interrupted attempt, given the API key the
 /// Secret holds in the slot this attempt writes (current or pending).
 ///
@@ -1656,5 +1676,27 @@ mod tests {
         let mut other_key = key("k", "b");
         other_key.api_secret = None;
         assert!(import_matches("k", &credentials, &other_key).is_err());
+    }
+
+    #[test]
+    fn stray_attempt_keys_are_this_resources_unowned_ones() {
+        let named = |id: &str, name: &str| {
+            let mut k = key(id, id);
+            k.name = Some(name.into());
+            k
+        };
+        let uid = "0b6f3a52-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        let remote = vec![
+            named("serving", "web [0b6f3a52.3]"),
+            named("late", "web [0b6f3a52.2]"),
+            named("other-resource", "web [99999999.1]"),
+            named("by-hand", "web"),
+        ];
+        let strays = stray_attempt_keys(uid, &remote, &["serving"]);
+        assert_eq!(
+            strays.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(),
+            ["late"]
+        );
+        assert!(stray_attempt_keys("", &remote, &[]).is_empty());
     }
 }
