@@ -509,6 +509,8 @@ impl<'a> Run<'a> {
             started_at: rfc3339(started_at),
             purpose,
             rotation_request: self.rotation_request.take(),
+            role_key: self.akp.spec.datonis.as_ref().map(|d| d.role_key.clone()),
+            validity_days: Some(self.akp.spec.validity_days),
         });
         self.status.provider_ref = Some(self.akp.spec.provider_ref.clone());
         if purpose != CreatePurpose::Replace {
@@ -520,11 +522,14 @@ impl<'a> Run<'a> {
             };
             self.set(READY, (status::FALSE, why, message));
         }
+        let pending = self.status.pending_create.as_ref();
         Intent {
             attempt,
             remote_name,
             started_at,
             purpose,
+            role_key: pending.and_then(|p| p.role_key.clone()),
+            validity_days: pending.and_then(|p| p.validity_days),
         }
     }
 
@@ -568,9 +573,12 @@ impl<'a> Run<'a> {
         let own = [&s.key_id, &s.pending_key.as_ref().map(|p| p.key_id.clone())];
         referenced.extend(own.into_iter().flatten().cloned());
         referenced.extend(s.previous_key.as_ref().map(|p| p.key_id.clone()));
+        // What the attempt asked for (a spec edited since does not matter).
         let today = intent.started_at.date_naive();
-        let expiry = plan::datonis_expiry(today, self.akp.spec.validity_days);
-        let role = self.akp.spec.datonis.as_ref().map(|d| d.role_key.as_str());
+        let days = intent.validity_days.unwrap_or(self.akp.spec.validity_days);
+        let expiry = plan::datonis_expiry(today, days);
+        let spec_role = self.akp.spec.datonis.as_ref().map(|d| d.role_key.as_str());
+        let role = intent.role_key.as_deref().or(spec_role);
         let is_referenced = |id: &str| referenced.contains(id);
         let found = plan::attempt_candidates(
             self.kind,

@@ -935,6 +935,8 @@ mod tests {
                 .expect("time")
                 .with_timezone(&Utc),
             purpose: CreatePurpose::Initial,
+            role_key: None,
+            validity_days: None,
         }
     }
 

@@ -72,6 +72,10 @@ pub struct Intent {
     pub started_at: DateTime<Utc>,
     /// Why the key is being created.
     pub purpose: CreatePurpose,
+    /// Datonis role asked for, if recorded.
+    pub role_key: Option<String>,
+    /// Validity asked for, if recorded.
+    pub validity_days: Option<u32>,
 }
 
 impl Intent {
@@ -205,6 +209,8 @@ fn intent(pending: &PendingCreate) -> Result<Intent, InconsistentStatus> {
         remote_name: pending.remote_name.clone(),
         started_at,
         purpose: pending.purpose,
+        role_key: pending.role_key.clone(),
+        validity_days: pending.validity_days,
     })
 }
 
@@ -287,6 +293,8 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
             purpose,
             rotation_request: None,
+            role_key: None,
+            validity_days: None,
         }
     }
 

@@ -439,6 +439,12 @@ pub struct PendingCreate {
     /// `rotationRequest` once the new key is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_request: Option<String>,
+    /// Datonis role the attempt asked for (recovery matches on it, not on a later spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_key: Option<String>,
+    /// Validity in days the attempt asked for (recovery matches its expiry date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validity_days: Option<u32>,
 }
 
 /// Why a key pair is being created.

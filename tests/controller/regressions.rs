@@ -391,3 +391,31 @@ async fn datonis_recovery_never_adopts_another_namespaces_key() {
     assert_ne!(key_id(&b1), taken, "b1 adopted a1's key");
     assert_eq!(s.sandbox.keys().await.len(), 2);
 }
+
+/// Datonis recovery looks for what the interrupted attempt asked for (recorded with its
+/// intent), not for a spec edited while the operator was down: the committed key is adopted
+/// and updated in place, not leaked beside a new one.
+#[tokio::test]
+async fn datonis_recovery_matches_the_attempt_not_a_later_spec() {
+    let mut s = Scenario::datonis(
+        "recover-edited",
+        &[],
+        &[("KPO_FAILPOINT", "remote-created")],
+    )
+    .await;
+    s.akp("agent", dt_spec(ROLE, true)).await;
+    let exit = s.operator.wait_exit(Duration::from_secs(60)).await;
+    assert!(!exit.success(), "aborted after the remote create");
+    s.akp("agent", dt_spec(OTHER_ROLE, true)).await;
+    s.operator.restart_with(&[]).await;
+    s.wait("agent", "ready with the edited role", |a| {
+        common::ready_is(a, "True", "Ready")
+            && a.status
+                .as_ref()
+                .is_some_and(|st| st.role_key.as_deref() == Some(OTHER_ROLE))
+    })
+    .await;
+    let keys = s.sandbox.keys().await;
+    assert_eq!(keys.len(), 1, "adopted, not leaked: {keys:?}");
+    assert_eq!(keys[0].role_key.as_deref(), Some(OTHER_ROLE));
+}
