@@ -1,0 +1,232 @@
+//! The verification protocol (ThreatWinds): new codes, submitting each code once,
+//! and promoting a verified replacement.
+
+use super::*;
+
+impl Run<'_> {
+    /// Runs the verification protocol for whichever key waits for its code (the
+    /// replacement first). Returns the reason the serving key waits with, if it does.
+    pub(super) async fn verification(
+        &mut self,
+        replacement: Option<&Replacement>,
+        view: &SecretView,
+    ) -> Result<Option<&'static str>, Error> {
+        let for_replacement = replacement.is_some_and(|r| !r.key.verification.usable());
+        let serving_waits =
+            self.status.verified != Some(true) && self.kind == ProviderKind::Threatwinds;
+        if !for_replacement && !serving_waits {
+            return Ok(None);
+        }
+        let creds = if for_replacement {
+            view.pending()
+        } else {
+            view.current()
+        };
+        let Some(creds) = creds.cloned() else {
+            return Ok(Some(reason::AWAITING_VERIFICATION_CODE));
+        };
+        let mut step = self.verification_step(for_replacement).await?;
+        if let VerificationStep::RequestNewCode { requested } = step.0 {
+            self.request_new_code(requested, for_replacement, &creds)
+                .await?;
+            // The code may be there already: look with the new code id right away.
+            step = self.verification_step(for_replacement).await?;
+        }
+        let waiting = self
+            .run_verification_step(step, for_replacement, &creds, view)
+            .await?;
+        Ok(waiting.filter(|_| !for_replacement))
+    }
+
+    pub(super) fn code_id(&self, for_replacement: bool) -> Option<String> {
+        if for_replacement {
+            self.status
+                .pending_key
+                .as_ref()?
+                .verification_code_id
+                .clone()
+        } else {
+            self.status.verification_code_id.clone()
+        }
+    }
+
+    /// The next verification step, with the code when there is one to submit.
+    pub(super) async fn verification_step(
+        &self,
+        for_replacement: bool,
+    ) -> Result<(VerificationStep, Option<SecretString>), Error> {
+        let annotation = self.akp.annotations().get(REQUEST_NEW_CODE_ANNOTATION);
+        let reference = self
+            .akp
+            .spec
+            .verification
+            .as_ref()
+            .map(|v| &v.code_secret_ref);
+        let code_id = self.code_id(for_replacement);
+        let start = plan::verification_start(
+            code_id.as_deref(),
+            annotation.map(String::as_str),
+            self.status.new_code_request.as_deref(),
+            reference.is_some(),
+        );
+        let (code_id, reference) = match (start, reference) {
+            (Err(step), _) => return Ok((step, None)),
+            (Ok(code_id), Some(reference)) => (code_id, reference),
+            (Ok(_), None) => return Ok((VerificationStep::NoCodeSource, None)),
+        };
+        let code = self.cluster.read_code(reference).await?;
+        let step = plan::verification_submit(
+            code_id,
+            code.as_ref().map(|c| c.expose_secret()),
+            self.status.submitted_code_hash.as_deref(),
+        );
+        Ok((step, code))
+    }
+
+    pub(super) async fn run_verification_step(
+        &mut self,
+        (step, code): (VerificationStep, Option<SecretString>),
+        for_replacement: bool,
+        creds: &Credentials,
+        view: &SecretView,
+    ) -> Result<Option<&'static str>, Error> {
+        match (step, code) {
+            (VerificationStep::RequestNewCode { requested }, _) => {
+                self.request_new_code(requested, for_replacement, creds)
+                    .await?;
+                Ok(Some(reason::AWAITING_VERIFICATION_CODE))
+            }
+            (
+                VerificationStep::Submit {
+                    code_id,
+                    fingerprint,
+                },
+                Some(code),
+            ) => {
+                let result = self.provider.verify(&code_id, &code).await;
+                self.submitted(
+                    plan::verify_outcome(result),
+                    fingerprint,
+                    for_replacement,
+                    view,
+                )
+                .await
+            }
+            (VerificationStep::AlreadyRejected, _) => Ok(Some(reason::VERIFICATION_CODE_REJECTED)),
+            (VerificationStep::CodeMissing | VerificationStep::Submit { .. }, _) => {
+                Ok(Some(reason::VERIFICATION_CODE_MISSING))
+            }
+            (VerificationStep::NoCodeSource, _) => Ok(Some(reason::AWAITING_VERIFICATION_CODE)),
+        }
+    }
+
+    pub(super) async fn request_new_code(
+        &mut self,
+        requested: bool,
+        for_replacement: bool,
+        creds: &Credentials,
+    ) -> Result<(), Error> {
+        let new_id = self
+            .provider
+            .request_new_code(&creds.api_key, &creds.api_secret)
+            .await?;
+        if requested {
+            let annotation = self.akp.annotations().get(REQUEST_NEW_CODE_ANNOTATION);
+            self.status.new_code_request = annotation.cloned();
+        }
+        match (for_replacement, self.status.pending_key.as_mut()) {
+            (true, Some(p)) => p.verification_code_id = Some(new_id),
+            _ => self.status.verification_code_id = Some(new_id),
+        }
+        self.status.submitted_code_hash = None;
+        let note = if requested {
+            "asked the provider to email a new verification code"
+        } else {
+            "the verification code id was lost in an interrupted create; asked the provider to email a new code"
+        };
+        let note = note.to_owned();
+        self.event(
+            EventType::Normal,
+            "NewCodeRequested",
+            "RequestNewCode",
+            note,
+        )
+        .await;
+        Ok(())
+    }
+
+    pub(super) async fn submitted(
+        &mut self,
+        outcome: VerifyOutcome,
+        fingerprint: String,
+        for_replacement: bool,
+        view: &SecretView,
+    ) -> Result<Option<&'static str>, Error> {
+        // An earlier submission may have verified the key and lost its answer (the code is
+        // then used up and refused): the session's list tells.
+        let outcome = match outcome {
+            VerifyOutcome::Verified => VerifyOutcome::Verified,
+            other if self.verified_meanwhile(for_replacement).await => {
+                debug!(?other, "the key was verified by an earlier submission");
+                VerifyOutcome::Verified
+            }
+            other => other,
+        };
+        match outcome {
+            VerifyOutcome::Verified => {
+                let note = "the key pair was verified with the emailed code".to_owned();
+                self.event(EventType::Normal, reason::VERIFIED, "VerifyKeyPair", note)
+                    .await;
+                if for_replacement {
+                    self.promote(view).await?;
+                } else {
+                    self.status.verified = Some(true);
+                }
+                Ok(None)
+            }
+            VerifyOutcome::Rejected(e) => {
+                self.status.submitted_code_hash = Some(fingerprint);
+                let message = format!("the provider rejected the verification code: {e}");
+                let why = reason::VERIFICATION_CODE_REJECTED;
+                self.set(VERIFIED, (status::FALSE, why, message.clone()));
+                self.event(EventType::Warning, why, "VerifyKeyPair", message)
+                    .await;
+                Ok(Some(why))
+            }
+            VerifyOutcome::NotDelivered(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the provider's list shows the waiting key as verified already.
+    pub(super) async fn verified_meanwhile(&self, for_replacement: bool) -> bool {
+        let key_id = if for_replacement {
+            self.status.pending_key.as_ref().map(|p| p.key_id.clone())
+        } else {
+            self.status.key_id.clone()
+        };
+        let Ok(listed) = self.provider.list().await else {
+            return false;
+        };
+        listed
+            .iter()
+            .any(|k| Some(&k.key_id) == key_id.as_ref() && k.verified == Some(true))
+    }
+
+    /// Swaps the verified replacement into the Secret's current slot (one apply), then
+    /// records that promotion is under way; [`Step::FinishPromotion`] retires the old key.
+    pub(super) async fn promote(&mut self, view: &SecretView) -> Result<(), Error> {
+        let Some(new) = view.pending().cloned() else {
+            return Err(Error::Stale);
+        };
+        self.apply_secret(&SecretContents {
+            current: new,
+            pending: None,
+        })
+        .await?;
+        failpoint!("secret-written");
+        if let Some(p) = self.status.pending_key.as_mut() {
+            p.waiting_for = ReplacementStage::Promotion;
+        }
+        self.write(false).await
+    }
+}
