@@ -304,8 +304,34 @@ async fn crds_are_established_with_printer_columns() {
         .collect();
     assert_eq!(
         columns,
-        ["Provider", "Ready", "Verified", "Expires", "Renews", "Age"]
+        [
+            "Provider", "Ready", "Verified", "Expires", "Renews", "Secret", "Message", "Age"
+        ]
     );
+    let version = &akp.spec.versions[0];
+    let message = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .find(|c| c.name == "Message")
+        .expect("Message column");
+    assert_eq!(message.priority, Some(1), "-o wide only");
+    // `kubectl explain apikeypair` says what the kind is, not "Auto-generated ...".
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("schema");
+    let description = schema.description.clone().unwrap_or_default();
+    assert!(
+        description.starts_with("An API key pair at a remote provider"),
+        "{description}"
+    );
+    let conditions = &schema.properties.as_ref().expect("properties")["status"]
+        .properties
+        .as_ref()
+        .expect("status properties")["conditions"];
+    assert_eq!(conditions.x_kubernetes_list_type.as_deref(), Some("map"));
     let cluster = crds
         .get("clusterkeypairproviders.keypairs.dev")
         .await

@@ -21,11 +21,14 @@ use super::{DNS_SUBDOMAIN, DURATION, SECRET_DATA_KEY, SecretKeyRef};
     shortname = "akp",
     category = "keypairs",
     status = "ApiKeyPairStatus",
+    doc = "An API key pair at a remote provider (ThreatWinds or Datonis), kept in a Secret: created, verified, checked, renewed before it expires, rotated on demand, and deleted with this resource. See kubectl explain apikeypair.spec.",
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.providerRef.name"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Verified","type":"boolean","jsonPath":".status.verified"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expireAt"}"#,
     printcolumn = r#"{"name":"Renews","type":"string","jsonPath":".status.renewalTime"}"#,
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -296,6 +299,7 @@ pub struct ApiKeyPairStatus {
 
     /// Current conditions (`Ready`, `Verified`), each with a reason and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// Provider-side id of the key pair in use (ThreatWinds `keyID`, Datonis `key_pair_key`).
@@ -312,6 +316,7 @@ pub struct ApiKeyPairStatus {
 
     /// When the key pair expires (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub expire_at: Option<String>,
 
     /// Whether the provider reports the key pair as verified (ThreatWinds).
@@ -392,6 +397,7 @@ pub struct ApiKeyPairStatus {
 
     /// When the key pair in use is renewed (RFC 3339): its expiry minus `renewBefore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub renewal_time: Option<String>,
 
     /// Last value of the `keypairs.dev/rotate` annotation that started a rotation.
@@ -419,6 +425,7 @@ pub struct PreviousKey {
     #[serde(rename = "keyID")]
     pub key_id: String,
     /// When it is deleted at the provider (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
     pub delete_after: String,
 }
 
@@ -432,6 +439,7 @@ pub struct PendingCreate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_name: Option<String>,
     /// When the attempt was recorded (RFC 3339): keys created before it are not its own.
+    #[schemars(extend("format" = "date-time"))]
     pub started_at: String,
     /// Why the key is being created.
     pub purpose: CreatePurpose,
@@ -500,6 +508,7 @@ pub struct PendingKey {
     pub key_name: Option<String>,
     /// When the pending key pair expires (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub expire_at: Option<String>,
     /// Id of its outstanding verification code.
     #[serde(

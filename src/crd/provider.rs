@@ -22,7 +22,10 @@ const HTTP_URL: &str = r"^https?://[^\s/?#]+(/[^\s?#]*)?$";
     shortname = "kpp",
     category = "keypairs",
     status = "ProviderStatus",
+    doc = "A remote key-pair API (ThreatWinds or Datonis) and the credentials to use it, for the ApiKeyPairs of this namespace. Its Ready condition says whether the credentials work.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Session Expires","type":"string","jsonPath":".status.sessionExpireAt"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -42,7 +45,10 @@ pub struct KeyPairProviderSpec {
     shortname = "ckpp",
     category = "keypairs",
     status = "ProviderStatus",
+    doc = "A remote key-pair API (ThreatWinds or Datonis) shared by ApiKeyPairs of several namespaces (allowedNamespaces, namespaceSelector), with credentials from a Secret in credentialsNamespace.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Session Expires","type":"string","jsonPath":".status.sessionExpireAt"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -142,8 +148,10 @@ pub struct ProviderStatus {
     pub observed_generation: Option<i64>,
     /// Current conditions (`Ready`), each with a reason and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// When the ThreatWinds session expires (RFC 3339); the operator extends it before then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub session_expire_at: Option<String>,
 }

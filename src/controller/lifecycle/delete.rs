@@ -47,14 +47,6 @@ impl Run<'_> {
             }
             doomed.extend(candidates.into_iter().map(|k| k.key_id));
         }
-        if self.kind == ProviderKind::Threatwinds {
-            let listed = self.provider.list().await?;
-            let uid = self.akp.uid().unwrap_or_default();
-            let strays = plan::stray_attempt_keys(&uid, &listed, &[]);
-            doomed.extend(strays.into_iter().map(|k| k.key_id.clone()));
-            doomed.sort();
-            doomed.dedup();
-        }
         let disable = disable && self.kind == ProviderKind::Datonis;
         for key_id in &doomed {
             if disable {
@@ -62,6 +54,11 @@ impl Run<'_> {
             } else {
                 self.delete_remote(key_id).await?;
             }
+        }
+        if !disable {
+            // Keys of earlier attempts that committed late (after the owned ones: those do
+            // not depend on a list).
+            self.sweep_strays().await?;
         }
         failpoint!("remote-deleted");
         if !doomed.is_empty() {
