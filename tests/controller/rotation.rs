@@ -523,3 +523,17 @@ async fn a_key_made_by_hand_is_imported_after_the_provider_confirms_it() {
     let data = s.secret("agent").await.expect("data");
     assert_eq!(data["apiSecret"], secret, "the same credentials");
 }
+
+/// `spec.checkInterval` overrides the operator's `--check-interval` for one resource.
+#[tokio::test]
+async fn check_interval_is_set_per_resource() {
+    let s = Scenario::datonis("check-interval", &["--check-interval", "1h"], &[]).await;
+    s.akp("agent", datonis_spec(json!({"checkInterval": "1s"})))
+        .await;
+    s.wait_ready("agent", "True", "Ready").await;
+    let gets = s.sandbox.count("GET /api/v3/key_pairs/{key}").await;
+    common::wait_for("checks every second", Duration::from_secs(30), || async {
+        (s.sandbox.count("GET /api/v3/key_pairs/{key}").await >= gets + 3).then_some(())
+    })
+    .await;
+}
