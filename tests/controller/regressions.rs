@@ -326,6 +326,7 @@ async fn a_lost_secret_during_a_replacement_abandons_the_replacement() {
     let keys = s.sandbox.keys().await;
     assert_eq!(keys.len(), 1, "old key and replacement deleted: {keys:?}");
     assert_eq!(keys[0].id, key_id(&akp));
+    // Recorded with conditions that describe it, in the same write.
     assert_eq!(
         condition(&akp, "Verified").map(|c| c.0),
         Some("False".to_owned()),

@@ -80,6 +80,9 @@ impl Run<'_> {
             self.retire_later(&previous.key_id)?;
         }
         self.complete_intent();
+        // The conditions and the renewal time describe the new key in the same write.
+        self.record_renewal_time()?;
+        self.set_steady_conditions(None);
         self.write(false).await?;
         failpoint!("status-written");
         let name = created.key.name.as_deref().unwrap_or(&created.key.api_key);
@@ -332,6 +335,7 @@ impl Run<'_> {
             self.record_key(key, None);
         }
         self.complete_intent();
+        self.set_steady_conditions(None);
     }
 
     /// Clears an intent whose key is recorded; a rotation it carried out counts as done

@@ -26,6 +26,9 @@ impl Run<'_> {
             return Ok(requeue);
         }
         self.record_renewal_time()?;
+        // Before any rotation: the consumers must have been restarted for (or started with)
+        // the key in use, so the next one is told apart from it.
+        self.restart_consumers(&key).await?;
         let rotate = self
             .akp
             .annotations()
@@ -55,7 +58,6 @@ impl Run<'_> {
         let was = conditions::find(&self.status.conditions, READY).map(|c| c.reason.clone());
         self.set_steady_conditions(waiting);
         self.warn_if_renewal_late(was.as_deref()).await;
-        self.restart_consumers(&key).await?;
         Ok(self.next_requeue())
     }
 
