@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::lifecycle::{self, Cluster, Outcome, Run, Timing, failpoint};
 use super::plan::{self, Deletion};
+use super::state::owned_key_ids;
 use super::{Context, Error, FINALIZER, MANAGER, RESTARTED_AT_ANNOTATION, Scope, secret};
 use crate::crd::{ApiKeyPair, ApiKeyPairStatus, RolloutRestartTarget, SecretKeyRef, WorkloadKind};
 use crate::telemetry::KeyPairFigures;
@@ -199,13 +200,8 @@ impl KubeCluster {
             .iter()
             .filter(|other| other.uid() != uid)
             .filter_map(|other| other.status.as_ref())
-            .flat_map(|s| {
-                [
-                    s.key_id.clone(),
-                    s.pending_key.as_ref().map(|p| p.key_id.clone()),
-                ]
-            })
-            .flatten()
+            .flat_map(owned_key_ids)
+            .map(str::to_owned)
             .collect())
     }
 }

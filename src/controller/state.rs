@@ -170,23 +170,19 @@ impl KeyState {
             KeyState::Active { key, .. } => Some(key),
         }
     }
+}
 
-    /// Every remote key this state owns: the serving key, a replacement, a retired key.
-    pub fn owned_key_ids(&self) -> Vec<&str> {
-        let mut ids: Vec<&str> = self
-            .serving()
-            .map(|k| k.key_id.as_str())
-            .into_iter()
-            .collect();
-        if let KeyState::Active {
-            replacement: Some(r),
-            ..
-        } = self
-        {
-            ids.push(&r.key.key_id);
-        }
-        ids
-    }
+/// Every remote key a status owns: the serving key, a replacement, and a previous key in
+/// its grace period. (A key an attempt in flight may have made is not recorded yet.)
+pub fn owned_key_ids(status: &ApiKeyPairStatus) -> Vec<&str> {
+    [
+        status.key_id.as_deref(),
+        status.pending_key.as_ref().map(|p| p.key_id.as_str()),
+        status.previous_key.as_ref().map(|p| p.key_id.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn intent(pending: &PendingCreate) -> Result<Intent, InconsistentStatus> {
@@ -360,7 +356,7 @@ mod tests {
             panic!("no replacement");
         };
         assert_eq!(r.key.verification.code_id(), Some("c2"));
-        assert_eq!(state.owned_key_ids(), ["k1", "k2"]);
+        assert_eq!(owned_key_ids(&status), ["k1", "k2"]);
     }
 
     #[test]

@@ -177,10 +177,7 @@ impl Run<'_> {
         let remote = self.provider.list().await?;
         let mut referenced = self.cluster.keys_referenced_elsewhere().await?;
         // This resource's own keys (serving, replacement, previous) are not the attempt's.
-        let s = &self.status;
-        let own = [&s.key_id, &s.pending_key.as_ref().map(|p| p.key_id.clone())];
-        referenced.extend(own.into_iter().flatten().cloned());
-        referenced.extend(s.previous_key.as_ref().map(|p| p.key_id.clone()));
+        referenced.extend(owned_key_ids(&self.status).into_iter().map(str::to_owned));
         // What the attempt asked for (a spec edited since does not matter).
         let today = intent.started_at.date_naive();
         let days = intent.validity_days.unwrap_or(self.akp.spec.validity_days);
@@ -286,15 +283,7 @@ impl Run<'_> {
         }
         let listed = self.provider.list().await?;
         let uid = self.akp.uid().unwrap_or_default();
-        let s = &self.status;
-        let owned: Vec<&str> = [
-            s.key_id.as_deref(),
-            s.pending_key.as_ref().map(|p| p.key_id.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(s.previous_key.as_ref().map(|p| p.key_id.as_str()))
-        .collect();
+        let owned = owned_key_ids(&self.status);
         for stray in plan::stray_attempt_keys(&uid, &listed, &owned) {
             self.delete_remote(&stray.key_id).await?;
             let note = format!(

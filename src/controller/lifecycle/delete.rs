@@ -28,11 +28,9 @@ impl Run<'_> {
         let state = KeyState::parse(&self.status, self.kind)?;
         let _serialized = self.provider.serialize_creates().await;
         self.write(true).await?;
-        let mut doomed: Vec<String> = state
-            .owned_key_ids()
+        let mut doomed: Vec<String> = owned_key_ids(&self.status)
             .into_iter()
             .map(str::to_owned)
-            .chain(self.status.previous_key.as_ref().map(|p| p.key_id.clone()))
             .collect();
         if let KeyState::Creating { intent, .. } = &state {
             let candidates = self.attempt_candidates(intent).await?;

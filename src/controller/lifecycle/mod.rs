@@ -55,7 +55,7 @@ use super::plan::{
     RotationCause, SecretRepair, SteadyFacts, Step, VerificationStep, VerifyOutcome,
 };
 use super::secret::{self, Credentials, SecretContents, SecretView};
-use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification};
+use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification, owned_key_ids};
 use super::{Error, REQUEST_NEW_CODE_ANNOTATION, ROTATE_ANNOTATION};
 use crate::conditions::{self, CONSUMERS_RESTARTED, READY, VERIFIED, reason, status};
 use crate::crd::{
