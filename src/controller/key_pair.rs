@@ -50,13 +50,7 @@ pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action
 }
 
 fn timing(ctx: &Context, akp: &ApiKeyPair) -> Timing {
-    // `spec.checkInterval` overrides the operator's (a bad value is reported by the lifecycle).
-    let check_interval = akp
-        .spec
-        .check_interval
-        .as_deref()
-        .and_then(|text| humantime::parse_duration(text).ok())
-        .unwrap_or(ctx.settings.check_interval);
+    let check_interval = plan::check_interval(akp, ctx.settings.check_interval);
     Timing {
         now: Utc::now(),
         check_due: ctx.check_due(&akp.uid().unwrap_or_default(), check_interval),
@@ -138,7 +132,7 @@ fn record_gauges(ctx: &Context, akp: &ApiKeyPair, status: &ApiKeyPairStatus) {
     use crate::conditions::{self, READY, reason};
     let time = |t: &Option<String>| {
         t.as_deref()
-            .and_then(lifecycle::parse_time)
+            .and_then(plan::parse_time)
             .map(|t| t.timestamp())
     };
     let ready = conditions::find(&status.conditions, READY);

@@ -403,6 +403,14 @@ pub fn grace_period(akp: &ApiKeyPair) -> Result<ChronoDuration, String> {
         .map_err(|e| format!("spec.rotation.gracePeriod is too long: {e}"))
 }
 
+/// How often a key pair is checked: `spec.checkInterval`, or the operator's default (a bad
+/// value is reported by [`invalid_spec`]).
+pub fn check_interval(akp: &ApiKeyPair, default: std::time::Duration) -> std::time::Duration {
+    let text = akp.spec.check_interval.as_deref();
+    text.and_then(|t| parse_duration("spec.checkInterval", t).ok())
+        .unwrap_or(default)
+}
+
 /// The spec mistakes the schema cannot catch, for a `kind` provider.
 pub fn invalid_spec(akp: &ApiKeyPair, kind: ProviderKind) -> Option<String> {
     let datonis_only = |what: &str| format!("{what} needs a Datonis provider");
@@ -468,7 +476,7 @@ pub fn rotation_due(
     if status.previous_key.is_some() {
         return None;
     }
-    let renewal = status.renewal_time.as_deref().and_then(parse_rfc3339)?;
+    let renewal = status.renewal_time.as_deref().and_then(parse_time)?;
     (now >= renewal).then_some(RotationCause::Renewal)
 }
 
@@ -534,7 +542,7 @@ pub fn renewal_overdue(
 
 /// Whether the previous key's grace period is over.
 pub fn previous_due(previous: &PreviousKey, now: DateTime<Utc>) -> bool {
-    parse_rfc3339(&previous.delete_after).is_none_or(|t| t <= now)
+    parse_time(&previous.delete_after).is_none_or(|t| t <= now)
 }
 
 /// Whether the consumers must be restarted for the key the Secret now serves: only after
@@ -561,7 +569,8 @@ pub enum RestartDue {
     Restart,
 }
 
-fn parse_rfc3339(s: &str) -> Option<DateTime<Utc>> {
+/// Parses an RFC 3339 time from the status.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))

@@ -8,19 +8,7 @@ impl Run<'_> {
     pub async fn cleanup(mut self, disable: bool) -> Result<Outcome, Error> {
         match self.cleanup_steps(disable).await {
             Ok(()) => Ok(self.outcome(Duration::ZERO)),
-            Err(error) => {
-                let dirty = self.status != self.written;
-                report(
-                    self.akp,
-                    self.cluster,
-                    &mut self.status,
-                    dirty,
-                    &error,
-                    "DeleteKeyPair",
-                )
-                .await?;
-                Err(error)
-            }
+            Err(error) => self.fail(error, "DeleteKeyPair").await,
         }
     }
 

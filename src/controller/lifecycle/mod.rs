@@ -52,7 +52,7 @@ use tracing::{debug, info};
 
 use super::plan::{
     self, Confirmation, Deletion, Lookup, Observation, Recovery, RestartDue, RotationAction,
-    RotationCause, SecretRepair, SteadyFacts, Step, VerificationStep, VerifyOutcome,
+    RotationCause, SecretRepair, SteadyFacts, Step, VerificationStep, VerifyOutcome, parse_time,
 };
 use super::secret::{self, Credentials, SecretContents, SecretView};
 use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification, owned_key_ids};
@@ -265,20 +265,23 @@ impl<'a> Run<'a> {
                 self.write(false).await?;
                 Ok(self.outcome(requeue))
             }
-            Err(error) => {
-                let dirty = self.status != self.written;
-                report(
-                    self.akp,
-                    self.cluster,
-                    &mut self.status,
-                    dirty,
-                    &error,
-                    "Reconcile",
-                )
-                .await?;
-                Err(error)
-            }
+            Err(error) => self.fail(error, "Reconcile").await,
         }
+    }
+
+    /// Reports a failure (with any unwritten status change) and returns it.
+    async fn fail(&mut self, error: Error, action: &str) -> Result<Outcome, Error> {
+        let dirty = self.status != self.written;
+        report(
+            self.akp,
+            self.cluster,
+            &mut self.status,
+            dirty,
+            &error,
+            action,
+        )
+        .await?;
+        Err(error)
     }
 
     async fn apply_steps(&mut self) -> Result<Duration, Error> {
@@ -469,11 +472,4 @@ async fn delete_remote(provider: &dyn Provider, key_id: &str) -> Result<(), Erro
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// Parses an RFC 3339 time from the status.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
 }
