@@ -87,7 +87,7 @@ pub enum RunError {
     LeaderElection(String),
 }
 
-async fn client(args: &RunArgs) -> Result<Client, RunError> {
+async fn client(args: &RunArgs, metrics: Arc<Metrics>) -> Result<Client, RunError> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig =
@@ -100,7 +100,7 @@ async fn client(args: &RunArgs) -> Result<Client, RunError> {
             .await
             .map_err(|e| RunError::Kubeconfig(e.to_string()))?,
     };
-    Ok(Client::try_from(config)?)
+    Ok(telemetry::kube_requests::counting_client(config, metrics)?)
 }
 
 /// The shutdown signal, shareable between the controllers and the HTTP endpoint.
@@ -131,8 +131,8 @@ pub async fn shutdown_signal() {
 /// Runs the operator until SIGINT/SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     telemetry::init_logging(args.log_format, &args.log_level);
-    let client = client(&args).await?;
     let metrics = Arc::new(Metrics::new());
+    let client = client(&args, metrics.clone()).await?;
     let health = Arc::new(Health::default());
     let listener = telemetry::http::bind(args.http_listen)
         .await
@@ -160,6 +160,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             ..Settings::default()
         },
         scope: Some(scope),
+        shard_selector: None,
         instance: args.instance.clone(),
         metrics: metrics.clone(),
         health: health.clone(),

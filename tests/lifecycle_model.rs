@@ -28,8 +28,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use keypair_operator::conditions::{self, READY};
 use keypair_operator::controller::Error;
-use keypair_operator::controller::lifecycle::{self, Cluster, Provider, Run, Timing};
-use keypair_operator::controller::plan::Deletion;
+use keypair_operator::controller::lifecycle::{self, Cluster, CreateGuard, Provider, Run, Timing};
+use keypair_operator::controller::plan::{self, Deletion};
 use keypair_operator::controller::secret::{self, SecretView};
 use keypair_operator::crd::{ApiKeyPair, ApiKeyPairStatus, RolloutRestartTarget, SecretKeyRef};
 use keypair_operator::provider::{
@@ -39,7 +39,6 @@ use keypair_operator::provider::{
 use kube::runtime::events::EventType;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
-use tokio::sync::OwnedMutexGuard;
 
 // ---- faults --------------------------------------------------------------------------
 
@@ -503,7 +502,7 @@ impl Provider for ModelProvider {
         "model provider"
     }
 
-    async fn serialize_creates(&self) -> Option<OwnedMutexGuard<()>> {
+    async fn serialize_creates(&self, _: &plan::CreateFingerprint) -> Option<CreateGuard> {
         None
     }
 }
@@ -598,7 +597,7 @@ async fn reconcile(world: &Shared, stale: Option<(ApiKeyPair, u64)>) -> Result<(
         check_due,
         check_interval: Duration::from_secs(3600),
         verification_poll_interval: Duration::from_secs(30),
-        jitter: 0.5,
+        next_check_slot: now + chrono::Duration::seconds(3600),
     };
     if akp.metadata.deletion_timestamp.is_none() {
         return Run::new(&akp, &cluster, &provider, timing)

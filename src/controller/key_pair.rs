@@ -51,12 +51,15 @@ pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action
 
 fn timing(ctx: &Context, akp: &ApiKeyPair) -> Timing {
     let check_interval = plan::check_interval(akp, ctx.settings.check_interval);
+    let now = Utc::now();
+    let uid = akp.uid().unwrap_or_default();
+    let (last_slot, next_check_slot) = plan::check_slots(&uid, check_interval, now);
     Timing {
-        now: Utc::now(),
-        check_due: ctx.check_due(&akp.uid().unwrap_or_default(), check_interval),
+        now,
+        check_due: ctx.check_due(&uid, last_slot),
         check_interval,
         verification_poll_interval: ctx.settings.verification_poll_interval,
-        jitter: rand::random(),
+        next_check_slot,
     }
 }
 
@@ -84,7 +87,7 @@ async fn apply(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> {
         requeue, checked, ..
     } = result?;
     if checked {
-        ctx.mark_checked(&akp.uid().unwrap_or_default());
+        ctx.mark_checked(&akp.uid().unwrap_or_default(), Utc::now());
     }
     Ok(Action::requeue(requeue))
 }
@@ -275,16 +278,9 @@ impl Cluster for KubeCluster {
     }
 
     async fn read_code(&self, reference: &SecretKeyRef) -> Result<Option<SecretString>, Error> {
-        let code = self
-            .secrets
-            .get_opt(&reference.name)
-            .await?
-            .and_then(|s| s.data)
-            .and_then(|d| d.get(&reference.key).cloned())
-            .and_then(|v| String::from_utf8(v.0).ok())
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty());
-        Ok(code.map(SecretString::from))
+        let namespace = self.akp.namespace().unwrap_or_default();
+        let codes = &self.ctx.code_secrets;
+        codes.read(&self.ctx.client, &namespace, reference).await
     }
 
     async fn restart_workload(&self, target: &RolloutRestartTarget, at: &str) -> Result<(), Error> {

@@ -8,20 +8,23 @@
 //! [`providers`] resolves provider resources into rate-limited clients and keeps provider
 //! status, and this module holds the shared [`Context`], the error type and the wiring.
 
+pub mod code_secrets;
 pub mod key_pair;
 pub mod lifecycle;
 pub mod plan;
 pub mod providers;
 pub mod secret;
 pub mod state;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -102,10 +105,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for exponential back-off.
     failures: Mutex<HashMap<ObjectRef<ApiKeyPair>, u32>>,
-    /// When each key pair was last checked at the provider, by UID.
-    last_checks: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// When each key pair was last checked at the provider (or first seen), by UID.
+    last_checks: Mutex<HashMap<String, DateTime<Utc>>>,
     /// The namespaces watched (to find keys other resources reference).
     pub scope: Scope,
+    /// Verification codes, read only when their Secret changed.
+    pub code_secrets: code_secrets::CodeSecrets,
 }
 
 impl Context {
@@ -127,7 +132,14 @@ impl Context {
             failures: Mutex::default(),
             last_checks: Mutex::default(),
             scope: Scope::All,
+            code_secrets: code_secrets::CodeSecrets::default(),
         }
+    }
+
+    /// The same context reading verification codes through `codes`.
+    pub fn with_code_secrets(mut self, codes: code_secrets::CodeSecrets) -> Self {
+        self.code_secrets = codes;
+        self
     }
 
     /// The same context watching `scope`.
@@ -157,22 +169,21 @@ impl Context {
         }
     }
 
-    /// Whether the key pair with `uid` is due for a provider check every `interval`. The
-    /// first reconcile of each key pair in this process is always due.
-    pub fn check_due(&self, uid: &str, interval: Duration) -> bool {
-        let now = tokio::time::Instant::now();
-        let Ok(checks) = self.last_checks.lock() else {
+    /// Whether the key pair with `uid` is due for its periodic provider check: a check
+    /// slot ([`plan::check_slots`]) passed since its last check. A key first seen by this
+    /// process counts as checked at its last slot, so a restart or failover checks each
+    /// key at its own slot instead of all at once.
+    pub fn check_due(&self, uid: &str, last_slot: DateTime<Utc>) -> bool {
+        let Ok(mut checks) = self.last_checks.lock() else {
             return true;
         };
-        checks
-            .get(uid)
-            .is_none_or(|last| now.duration_since(*last) >= interval.mul_f64(0.9))
+        *checks.entry(uid.to_owned()).or_insert(last_slot) < last_slot
     }
 
     /// Records a successful provider check of `uid` (a failed one stays due).
-    pub fn mark_checked(&self, uid: &str) {
+    pub fn mark_checked(&self, uid: &str, at: DateTime<Utc>) {
         if let Ok(mut checks) = self.last_checks.lock() {
-            checks.insert(uid.to_owned(), tokio::time::Instant::now());
+            checks.insert(uid.to_owned(), at);
         }
     }
 
@@ -280,6 +291,23 @@ impl Error {
         }
     }
 
+    /// Whether the reconcile worked from an outdated object (a fenced write refused, or
+    /// the finalizer helper's guarded patch): not a failure, the next reconcile reads the
+    /// new version.
+    pub fn is_stale(&self) -> bool {
+        use kube::runtime::finalizer::Error::{AddFinalizer, RemoveFinalizer};
+        let conflict =
+            |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
+        match self.unwrapped() {
+            Error::Stale => true,
+            Error::Finalizer(inner) => match inner.as_ref() {
+                AddFinalizer(e) | RemoveFinalizer(e) => conflict(e),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     /// The provider's `Retry-After`, if it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self.unwrapped() {
@@ -331,6 +359,10 @@ const TERMINAL_BACKOFF_HEAD_START: u32 = 5;
 /// kube-runtime's error policy: per-object exponential back-off with jitter, from 32 s for
 /// terminal errors (a spec change triggers a reconcile anyway).
 pub fn error_policy(akp: Arc<ApiKeyPair>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale() {
+        // Not counted: a stale read says nothing about whether the work can succeed.
+        return Action::requeue(backoff(1, rand::random(), ctx.settings.max_backoff, None));
+    }
     let failures = ctx.record_failure(ObjectRef::from_obj(akp.as_ref()));
     // An error that waits for a change elsewhere starts its back-off at half a minute; the
     // watches react to that change sooner anyway.
@@ -358,55 +390,36 @@ fn user_changes(akp: &ApiKeyPair) -> Option<u64> {
     Some(hasher.finish())
 }
 
-fn provider_controller<P: providers::ProviderResource>(
-    shared: &Shared,
-    api: Api<P>,
-    kind: ProviderRefKind,
-) -> Task {
-    let s = shared.clone();
-    futures::FutureExt::boxed(providers::run(
-        api, kind, s.registry, s.recorder, s.settings, s.shutdown,
-    ))
-}
-
-/// The `ApiKeyPair` controller of one namespace (or all), and futures that resolve when its
-/// caches have synced.
-fn key_pair_controller(shared: &Shared, namespace: Option<&str>) -> (Task, Vec<CacheReady>) {
-    let client = shared.client.clone();
-    let (key_pairs, secrets, kpp): (Api<ApiKeyPair>, Api<Secret>, Api<KeyPairProvider>) =
-        match namespace {
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-        };
+/// The `ApiKeyPair` controller: one controller over one set of watches whatever the scope,
+/// and the futures that resolve when its caches have synced.
+fn key_pair_controller(shared: &Shared, providers: ProviderTriggers) -> (Task, Vec<CacheReady>) {
+    let client = &shared.client;
+    let scope = &shared.scope;
     let (secret_store, secret_writer) = reflector::store();
-    let secret_stream = watcher(
-        secrets,
-        watcher::Config::default().labels(secret::MANAGED_SELECTOR),
-    )
-    .default_backoff()
-    .reflect(secret_writer)
-    .touched_objects();
+    let owned_secrets = watcher::Config::default().labels(secret::MANAGED_SELECTOR);
+    let secret_stream = watch::scoped(client, scope, &owned_secrets, secret_store.clone())
+        .reflect(secret_writer)
+        .touched_objects();
     let (key_pair_store, key_pair_writer) = reflector::store();
+    let mut key_pairs = watcher::Config::default();
+    if let Some(selector) = &shared.shard_selector {
+        key_pairs = key_pairs.labels(selector);
+    }
     // Only changes a user makes trigger a reconcile, never the operator's own status writes:
     // otherwise every write of a failing reconcile would start the next one at once and the
     // back-off would never apply.
-    let key_pair_stream = watcher(key_pairs, watcher::Config::default())
-        .default_backoff()
+    let key_pair_stream = watch::scoped(client, scope, &key_pairs, key_pair_store.clone())
         .reflect(key_pair_writer)
         .applied_objects()
         .predicate_filter(user_changes, Default::default());
-    let (kp, sec) = (key_pair_store.clone(), secret_store.clone());
-    let caches: Vec<CacheReady> = vec![
-        futures::FutureExt::boxed(async move { kp.wait_until_ready().await }),
-        futures::FutureExt::boxed(async move { sec.wait_until_ready().await }),
+    let (code_store, code_writer) = reflector::store();
+    let code_stream = code_secrets::watch(client, scope, code_store.clone())
+        .reflect(code_writer)
+        .touched_objects();
+    let caches = vec![
+        ready_future(key_pair_store.clone()),
+        ready_future(secret_store.clone()),
+        ready_future(code_store.clone()),
     ];
     let ctx = Context::new(
         client.clone(),
@@ -414,42 +427,46 @@ fn key_pair_controller(shared: &Shared, namespace: Option<&str>) -> (Task, Vec<C
         shared.registry.clone(),
         secret_store,
         shared.settings.clone(),
+    )
+    .with_scope(scope.clone())
+    .with_code_secrets(code_secrets::CodeSecrets::new(code_store));
+    let (namespaced, cluster, codes) = (
+        key_pair_store.clone(),
+        key_pair_store.clone(),
+        key_pair_store.clone(),
     );
-    let ctx = Arc::new(ctx.with_scope(shared.scope.clone()));
-    let (namespaced, cluster) = (key_pair_store.clone(), key_pair_store.clone());
     let config =
         kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
     let controller = Controller::for_stream(key_pair_stream, key_pair_store)
         .with_config(config)
         .owns_stream(secret_stream)
-        .watches_stream(provider_changes(kpp), move |p: KeyPairProvider| {
-            key_pairs_using(
-                &namespaced,
-                ProviderRefKind::KeyPairProvider,
-                &p.name_any(),
-                p.namespace(),
-            )
+        .watches_stream(code_stream, move |s| {
+            code_secrets::key_pairs_reading(&codes, &s)
         })
-        .watches_stream(
-            provider_changes(Api::<ClusterKeyPairProvider>::all(client)),
-            move |p: ClusterKeyPairProvider| {
-                key_pairs_using(
-                    &cluster,
-                    ProviderRefKind::ClusterKeyPairProvider,
-                    &p.name_any(),
-                    None,
-                )
-            },
-        )
+        .watches_shared_stream(providers.namespaced, move |p: Arc<KeyPairProvider>| {
+            let kind = ProviderRefKind::KeyPairProvider;
+            key_pairs_using(&namespaced, kind, &p.name_any(), p.namespace())
+        })
+        .watches_shared_stream(providers.cluster, move |p: Arc<ClusterKeyPairProvider>| {
+            let kind = ProviderRefKind::ClusterKeyPairProvider;
+            key_pairs_using(&cluster, kind, &p.name_any(), None)
+        })
         .graceful_shutdown_on(shared.shutdown.clone())
-        .run(key_pair::reconcile, error_policy, ctx)
+        .run(key_pair::reconcile, error_policy, Arc::new(ctx))
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile failed"),
+                Err(error) => warn!(%error, "reconcile failed"),
             }
         });
     (futures::FutureExt::boxed(controller), caches)
+}
+
+fn ready_future<K>(store: Store<K>) -> CacheReady
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    futures::FutureExt::boxed(async move { store.wait_until_ready().await })
 }
 
 /// The `ApiKeyPair`s whose keys live at a provider (the one recorded with the key: an edit
@@ -473,26 +490,36 @@ fn key_pairs_using(
         .collect()
 }
 
-/// Provider changes that concern the `ApiKeyPair`s using them: the spec, and whether the
+/// What of a provider concerns the `ApiKeyPair`s using it: the spec, and whether the
 /// provider is ready (with its reason). Its other status writes (session extensions) do
 /// not reconcile every key pair.
+fn provider_relevance<P: providers::ProviderResource>(p: &P) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    p.meta().generation.hash(&mut hasher);
+    let ready = p
+        .provider_status()
+        .and_then(|s| crate::conditions::find(&s.conditions, crate::conditions::READY));
+    ready.map(|c| (&c.status, &c.reason)).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `providers`, keeping only the changes that concern the `ApiKeyPair`s using them.
 fn provider_changes<P: providers::ProviderResource>(
-    api: Api<P>,
-) -> impl futures::Stream<Item = Result<P, watcher::Error>> + Send + 'static {
-    let relevant = |p: &P| {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        p.meta().generation.hash(&mut hasher);
-        let ready = p
-            .provider_status()
-            .and_then(|s| crate::conditions::find(&s.conditions, crate::conditions::READY));
-        ready.map(|c| (&c.status, &c.reason)).hash(&mut hasher);
-        Some(hasher.finish())
-    };
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(relevant, Default::default())
+    providers: impl futures::Stream<Item = Arc<P>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<P>> + Send + 'static {
+    let mut seen: HashMap<ObjectRef<P>, u64> = HashMap::new();
+    providers.filter(move |p| {
+        let relevance = provider_relevance(p.as_ref());
+        let changed = seen.insert(ObjectRef::from_obj(p.as_ref()), relevance) != Some(relevance);
+        futures::future::ready(changed)
+    })
+}
+
+/// The provider streams that wake the `ApiKeyPair`s using a provider.
+struct ProviderTriggers {
+    namespaced: futures::stream::BoxStream<'static, Arc<KeyPairProvider>>,
+    cluster: futures::stream::BoxStream<'static, Arc<ClusterKeyPairProvider>>,
 }
 
 /// How the controllers run.
@@ -502,6 +529,8 @@ pub struct RunOptions {
     pub settings: Settings,
     /// Watched namespaces.
     pub scope: Option<Scope>,
+    /// Only the `ApiKeyPair`s matching this label selector (this replica's shard).
+    pub shard_selector: Option<String>,
     /// Name of this instance in events (pod name).
     pub instance: Option<String>,
     /// Where metrics are recorded.
@@ -523,7 +552,36 @@ struct Shared {
     registry: providers::Registry,
     settings: Settings,
     scope: Scope,
+    shard_selector: Option<String>,
     shutdown: Shutdown,
+}
+
+/// A provider watch task, its store, and two subscriptions.
+type ProviderWatch<P> = (
+    Task,
+    Store<P>,
+    [futures::stream::BoxStream<'static, Arc<P>>; 2],
+);
+
+/// Room for provider changes not yet taken by every subscriber (providers are few).
+const PROVIDER_BUFFER: usize = 256;
+
+/// One watch of a provider kind, reflected into a store that the provider controller, the
+/// registry and the `ApiKeyPair` controller share; returns the watch task, the store, and
+/// two subscriptions (provider controller, `ApiKeyPair` controller).
+fn provider_watch<P: providers::ProviderResource>(
+    watch: impl FnOnce(Store<P>) -> watch::Events<P>,
+) -> Option<ProviderWatch<P>> {
+    let (store, writer) = reflector::store_shared(PROVIDER_BUFFER);
+    let subscriptions = [writer.subscribe()?.boxed(), writer.subscribe()?.boxed()];
+    let task = watch(store.clone())
+        .reflect_shared(writer)
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                tracing::debug!(%error, "provider watch failed; retrying");
+            }
+        });
+    Some((futures::FutureExt::boxed(task), store, subscriptions))
 }
 
 /// Runs the `ApiKeyPair` and provider controllers until `shutdown` resolves.
@@ -533,55 +591,71 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let scope = options.scope.unwrap_or(Scope::All);
+    let all = watcher::Config::default();
+    let namespaced = provider_watch(|store| watch::scoped(&client, &scope, &all, store));
+    let cluster = provider_watch(|_| {
+        let api = kube::Api::<ClusterKeyPairProvider>::all(client.clone());
+        watcher(api, all.clone()).default_backoff().boxed()
+    });
+    let (Some(namespaced), Some(cluster)) = (namespaced, cluster) else {
+        warn!("cannot subscribe to the provider watches");
+        return;
+    };
+    let (namespaced_watch, namespaced_store, [namespaced_own, namespaced_keys]) = namespaced;
+    let (cluster_watch, cluster_store, [cluster_own, cluster_keys]) = cluster;
     let reporter = Reporter {
         controller: MANAGER.to_owned(),
         instance: options.instance,
     };
+    let registry = providers::Registry::new(
+        client.clone(),
+        options.settings.provider_timeout,
+        options.metrics.clone(),
+    )
+    .with_stores(namespaced_store.clone(), cluster_store.clone())
+    .with_list_ttl(options.settings.verification_poll_interval);
     let shared = Shared {
         recorder: Recorder::new(client.clone(), reporter),
-        registry: providers::Registry::new(
-            client.clone(),
-            options.settings.provider_timeout,
-            options.metrics.clone(),
-        ),
+        registry,
         client,
         settings: options.settings,
         scope: scope.clone(),
+        shard_selector: options.shard_selector,
         shutdown: futures::FutureExt::shared(Box::pin(shutdown) as std::pin::Pin<Box<_>>),
     };
-    let namespaces: Vec<Option<String>> = match &scope {
-        Scope::All => vec![None],
-        Scope::Namespaces(list) => list.iter().cloned().map(Some).collect(),
+    let triggers = ProviderTriggers {
+        namespaced: provider_changes(namespaced_keys).boxed(),
+        cluster: provider_changes(cluster_keys).boxed(),
     };
-    let (mut tasks, mut caches) = (Vec::new(), Vec::new());
-    for namespace in namespaces {
-        let (controller, ready) = key_pair_controller(&shared, namespace.as_deref());
-        tasks.push(controller);
-        caches.extend(ready);
-        let kpp: Api<KeyPairProvider> = match &namespace {
-            None => Api::all(shared.client.clone()),
-            Some(ns) => Api::namespaced(shared.client.clone(), ns),
-        };
-        tasks.push(provider_controller(
-            &shared,
-            kpp,
+    let (key_pairs, mut caches) = key_pair_controller(&shared, triggers);
+    caches.push(ready_future(namespaced_store.clone()));
+    caches.push(ready_future(cluster_store.clone()));
+    let s = shared.clone();
+    let mut controllers = vec![
+        key_pairs,
+        futures::FutureExt::boxed(providers::run(
+            namespaced_own,
+            namespaced_store,
             ProviderRefKind::KeyPairProvider,
-        ));
-    }
-    let cluster_providers = Api::<ClusterKeyPairProvider>::all(shared.client.clone());
-    tasks.push(provider_controller(
-        &shared,
-        cluster_providers,
-        ProviderRefKind::ClusterKeyPairProvider,
-    ));
+            s.clone(),
+        )),
+        futures::FutureExt::boxed(providers::run(
+            cluster_own,
+            cluster_store,
+            ProviderRefKind::ClusterKeyPairProvider,
+            s,
+        )),
+    ];
     let health = options.health.clone();
-    tasks.push(futures::FutureExt::boxed(async move {
+    controllers.push(futures::FutureExt::boxed(async move {
         if futures::future::try_join_all(caches).await.is_ok() {
             health.set_ready(true);
         }
     }));
-    info!(?scope, "controllers started");
-    futures::future::join_all(tasks).await;
+    info!(?scope, shard = ?shared.shard_selector, "controllers started");
+    // The provider watches never end by themselves: they stop with the controllers.
+    let watches = futures::future::join(namespaced_watch, cluster_watch);
+    futures::future::select(futures::future::join_all(controllers), watches).await;
     info!("controllers stopped");
 }
 
@@ -627,6 +701,19 @@ mod tests {
         let throttled = forbidden(Some(Duration::from_secs(5)));
         assert_eq!(throttled.reason(), reason::RATE_LIMITED);
         assert_eq!(throttled.retry_after(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_finalizer_patch_on_an_outdated_object_is_stale_not_a_failure() {
+        let invalid = kube::Error::Api(Box::new(
+            kube::core::Status::failure("outdated", "Invalid").with_code(422),
+        ));
+        let add = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::AddFinalizer(
+            invalid,
+        )));
+        assert!(add.is_stale());
+        assert!(Error::Stale.is_stale());
+        assert!(!Error::Retrying("x".into()).is_stale());
     }
 
     #[test]

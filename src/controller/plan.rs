@@ -182,6 +182,29 @@ pub enum Lookup {
     ById,
 }
 
+/// The fingerprint by which Datonis keys of one create attempt are found again.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CreateFingerprint {
+    /// The role the key gets.
+    pub role: Option<String>,
+    /// The expiry date asked for.
+    pub expiry: chrono::NaiveDate,
+}
+
+/// The fingerprint of a create attempt made now with `spec`'s role and validity.
+pub fn create_fingerprint(
+    akp: &ApiKeyPair,
+    role: Option<&str>,
+    days: Option<u32>,
+    on: NaiveDate,
+) -> CreateFingerprint {
+    let spec_role = akp.spec.datonis.as_ref().map(|d| d.role_key.as_str());
+    CreateFingerprint {
+        role: role.or(spec_role).map(str::to_owned),
+        expiry: datonis_expiry(on, days.unwrap_or(akp.spec.validity_days)),
+    }
+}
+
 /// How to observe `key` at a `kind` provider.
 pub fn lookup_for(kind: ProviderKind, key: &KeyRecord) -> Lookup {
     match (kind, &key.verification) {
@@ -876,21 +899,43 @@ pub fn code_fingerprint(verification_code_id: &str, code: &str) -> String {
     hex::encode(&digest[..12])
 }
 
-/// When to look at a resource again: the check interval with up to ±10% jitter (so
-/// checks of many resources spread out), sooner if something is due before then (the
-/// expiry, the renewal time, the end of a grace period): the controller sleeps until
-/// then rather than polling.
+/// The periodic checks of the key of resource `uid` every `interval` fall at fixed wall
+/// clock times, offset by a phase drawn from the uid: the checks of many keys spread evenly
+/// over the interval and stay where they were across restarts and failovers, so a new
+/// leader does not check every key at once. Returns the last slot at or before `now` and
+/// the next one after it.
+pub fn check_slots(
+    uid: &str,
+    interval: std::time::Duration,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    use sha2::{Digest, Sha256};
+    let period = i64::try_from(interval.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let digest = Sha256::digest(uid.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    let phase = i64::try_from(u64::from_le_bytes(head) % period.unsigned_abs()).unwrap_or(0);
+    let millis = now.timestamp_millis();
+    let last = millis - (millis - phase).rem_euclid(period);
+    let at = |ms: i64| DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(now);
+    (at(last), at(last.saturating_add(period)))
+}
+
+/// When to look at a resource again: at its next check slot, sooner if something is due
+/// before then (the expiry, the renewal time, the end of a grace period): the controller
+/// sleeps until then rather than polling.
 pub fn next_check(
-    check_interval: std::time::Duration,
-    jitter_unit: f64,
+    next_slot: DateTime<Utc>,
     now: DateTime<Utc>,
     deadline: Option<DateTime<Utc>>,
 ) -> std::time::Duration {
-    let factor = 0.9 + 0.2 * jitter_unit.clamp(0.0, 1.0);
-    let jittered = check_interval.mul_f64(factor);
-    match deadline.and_then(|t| (t - now).to_std().ok()) {
-        Some(until) if until < jittered => until + std::time::Duration::from_secs(1),
-        _ => jittered,
+    let until = |t: DateTime<Utc>| (t - now).to_std().unwrap_or_default();
+    let slot = until(next_slot);
+    match deadline.map(until) {
+        Some(due) if due < slot => due + std::time::Duration::from_secs(1),
+        _ => slot,
     }
 }
 
@@ -1485,16 +1530,42 @@ mod tests {
     }
 
     #[test]
-    fn next_check_is_jittered_and_never_past_expiry() {
+    fn next_check_is_the_next_slot_and_never_past_expiry() {
         let now = Utc::now();
-        let hour = std::time::Duration::from_secs(3600);
-        assert_eq!(next_check(hour, 0.0, now, None), hour.mul_f64(0.9));
-        assert_eq!(next_check(hour, 1.0, now, None), hour.mul_f64(1.1));
+        let slot = now + ChronoDuration::seconds(600);
+        assert_eq!(
+            next_check(slot, now, None),
+            std::time::Duration::from_secs(600)
+        );
         let soon = now + ChronoDuration::seconds(60);
         assert_eq!(
-            next_check(hour, 0.5, now, Some(soon)),
+            next_check(slot, now, Some(soon)),
             std::time::Duration::from_secs(61)
         );
+    }
+
+    #[test]
+    fn check_slots_are_fixed_per_key_and_spread_over_the_interval() {
+        let hour = std::time::Duration::from_secs(3600);
+        let now = Utc::now();
+        let (last, next) = check_slots("uid-1", hour, now);
+        assert!(last <= now && now < next);
+        assert_eq!(next - last, ChronoDuration::seconds(3600));
+        let later = now + ChronoDuration::seconds(1234);
+        let (last_later, _) = check_slots("uid-1", hour, later);
+        assert_eq!(
+            (last_later - last).num_seconds() % 3600,
+            0,
+            "the same phase"
+        );
+        // 1,000 keys: every tenth of the interval holds about a tenth of the slots.
+        let mut tenths = [0u32; 10];
+        for i in 0..1000 {
+            let (last, _) = check_slots(&format!("uid-{i}"), hour, now);
+            let offset = (now - last).num_milliseconds();
+            tenths[usize::try_from(offset * 10 / 3_600_000).unwrap_or(0).min(9)] += 1;
+        }
+        assert!(tenths.iter().all(|n| (60..=140).contains(n)), "{tenths:?}");
     }
 
     fn akp_with(spec: serde_json::Value) -> ApiKeyPair {

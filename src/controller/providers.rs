@@ -4,21 +4,25 @@
 //! each provider's `Ready` condition and ThreatWinds session alive.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use super::lifecycle::CreateGuard;
+use super::plan::CreateFingerprint;
 use super::{Error, Settings};
 use crate::conditions::{self, READY, reason, status};
 use crate::crd::{
@@ -118,7 +122,12 @@ impl Backend {
 #[derive(Clone)]
 pub struct ProviderHandle {
     backend: Backend,
-    create_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Datonis: the create locks of this provider, by fingerprint (role, expiry date).
+    create_locks: Option<Arc<CreateLocks>>,
+    /// Set when the provider refused the credentials: the next resolve re-reads them.
+    credentials_suspect: Arc<AtomicBool>,
+    /// The provider's last key list, shared by every key pair that awaits its code.
+    list_cache: Arc<ListCache>,
     metrics: Arc<Metrics>,
     /// `Kind namespace/name` of the provider resource.
     pub description: String,
@@ -132,6 +141,9 @@ impl ProviderHandle {
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
         let result = call.await;
+        if let Err(ProviderError::Unauthorized { .. }) = &result {
+            self.credentials_suspect.store(true, Ordering::Relaxed);
+        }
         let status = result.as_ref().map_or_else(ProviderError::class, |_| "ok");
         self.metrics
             .provider_call(self.kind().as_str(), operation, status);
@@ -139,11 +151,31 @@ impl ProviderHandle {
     }
 
     /// Serializes creates (and their recovery) on this provider when its keys can only be
-    /// told apart by fingerprint (Datonis): then at most one attempt per provider is ever
-    /// in flight, so an interrupted attempt's key is the only unreferenced one in its
-    /// window. ThreatWinds attempts carry unique names and run concurrently.
-    pub async fn serialize_creates(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        Some(self.create_lock.clone()?.lock_owned().await)
+    /// told apart by fingerprint (Datonis): then at most one attempt per fingerprint is
+    /// ever in flight, so an interrupted attempt's key is the only unreferenced one of its
+    /// fingerprint in its window. ThreatWinds attempts carry unique names and run
+    /// concurrently.
+    pub async fn serialize_creates(&self, fingerprint: &CreateFingerprint) -> Option<CreateGuard> {
+        Some(self.create_locks.as_ref()?.lock(fingerprint).await)
+    }
+
+    /// The key `key_id` from a list taken less than the cache's age ago, taking a new list
+    /// if the last one is older. `None` when that list does not show the key: only a
+    /// fresh read may say a key is gone.
+    async fn listed_recently(&self, key_id: &str) -> Option<RemoteKeyPair> {
+        if self.list_cache.ttl.is_zero() {
+            return None;
+        }
+        let mut cached = self.list_cache.keys.lock().await;
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(taken, _)| taken.elapsed() < self.list_cache.ttl);
+        if !fresh {
+            let listed = self.call("list", self.backend.api().list()).await.ok()?;
+            *cached = Some((tokio::time::Instant::now(), Arc::new(listed)));
+        }
+        let (_, keys) = cached.as_ref()?;
+        keys.iter().find(|k| k.key_id == key_id).cloned()
     }
 
     /// Extends the ThreatWinds session (no-op for Datonis); returns the new expiry.
@@ -161,8 +193,8 @@ impl super::lifecycle::Provider for ProviderHandle {
         &self.description
     }
 
-    async fn serialize_creates(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        ProviderHandle::serialize_creates(self).await
+    async fn serialize_creates(&self, fingerprint: &CreateFingerprint) -> Option<CreateGuard> {
+        ProviderHandle::serialize_creates(self, fingerprint).await
     }
 }
 
@@ -179,6 +211,14 @@ impl KeyPairApi for ProviderHandle {
         self.call("create", self.backend.api().create(req)).await
     }
     async fn get(&self, key: &KeyLookup) -> Result<RemoteKeyPair, ProviderError> {
+        // A ThreatWinds key without its secret (awaiting its code) is seen only in the
+        // list: one list per interval serves every such key of the provider.
+        if key.api_secret.is_none()
+            && self.kind() == ProviderKind::Threatwinds
+            && let Some(found) = self.listed_recently(&key.key_id).await
+        {
+            return Ok(found);
+        }
         self.call("get", self.backend.api().get(key)).await
     }
     async fn list(&self) -> Result<Vec<RemoteKeyPair>, ProviderError> {
@@ -229,7 +269,49 @@ struct ProviderKey {
 struct CachedBackend {
     /// Provider UID + generation + credential Secret resourceVersion.
     fingerprint: String,
+    /// When the credential Secret's version was last compared.
+    compared: tokio::time::Instant,
+    /// Set when the provider refused these credentials.
+    suspect: Arc<AtomicBool>,
     backend: Backend,
+}
+
+/// How long a provider client is used without comparing its credential Secret's version
+/// again (a refusal by the provider compares at once).
+const CREDENTIALS_RECHECK: Duration = Duration::from_secs(30);
+
+/// One provider's create locks, by fingerprint.
+#[derive(Default)]
+pub struct CreateLocks(Mutex<HashMap<CreateFingerprint, Arc<tokio::sync::Mutex<()>>>>);
+
+impl CreateLocks {
+    /// Locks every fingerprint an attempt with `fingerprint` could be confused with:
+    /// recovery matches expiry dates one day either side (the provider may report the
+    /// previous UTC day), so attempts less than three days apart share a lock. Locks are
+    /// taken in date order, so two attempts never wait for each other crosswise.
+    pub async fn lock(&self, fingerprint: &CreateFingerprint) -> CreateGuard {
+        let mut guards = Vec::with_capacity(3);
+        for offset in -1..=1 {
+            let date = fingerprint.expiry + chrono::Duration::days(offset);
+            let key = CreateFingerprint {
+                role: fingerprint.role.clone(),
+                expiry: date,
+            };
+            let lock = match self.0.lock() {
+                Ok(mut locks) => locks.entry(key).or_default().clone(),
+                Err(_) => Arc::default(),
+            };
+            guards.push(lock.lock_owned().await);
+        }
+        CreateGuard(guards)
+    }
+}
+
+/// The last key list of a provider, and how long it serves key pairs awaiting a code.
+#[derive(Default)]
+pub struct ListCache {
+    ttl: Duration,
+    keys: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<Vec<RemoteKeyPair>>)>>,
 }
 
 struct CachedLimiter {
@@ -245,7 +327,74 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     backends: Arc<Mutex<HashMap<ProviderKey, CachedBackend>>>,
     limiters: Arc<Mutex<HashMap<ProviderKey, CachedLimiter>>>,
-    create_locks: Arc<Mutex<HashMap<ProviderKey, Arc<tokio::sync::Mutex<()>>>>>,
+    create_locks: Arc<Mutex<HashMap<ProviderKey, Arc<CreateLocks>>>>,
+    list_caches: Arc<Mutex<HashMap<ProviderKey, Arc<ListCache>>>>,
+    list_ttl: Duration,
+    stores: Option<ProviderStores>,
+    namespaces: Arc<NamespaceLabels>,
+}
+
+/// The provider resources as the shared watches see them.
+#[derive(Clone)]
+struct ProviderStores {
+    namespaced: Store<KeyPairProvider>,
+    cluster: Store<ClusterKeyPairProvider>,
+}
+
+/// Namespace labels for `namespaceSelector`s, from a metadata watch of the namespaces
+/// started the first time a selector needs one (and stopped with the registry).
+#[derive(Default)]
+struct NamespaceLabels {
+    store: tokio::sync::OnceCell<Store<PartialObjectMeta<Namespace>>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for NamespaceLabels {
+    fn drop(&mut self) {
+        if let Ok(mut task) = self.task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl NamespaceLabels {
+    async fn store(&self, client: &Client) -> &Store<PartialObjectMeta<Namespace>> {
+        self.store
+            .get_or_init(|| async {
+                let (store, writer) = reflector::store();
+                let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+                let watch = watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .reflect(writer)
+                    .for_each(|_| futures::future::ready(()));
+                let task = tokio::spawn(watch);
+                if let Ok(mut slot) = self.task.lock() {
+                    *slot = Some(task.abort_handle());
+                }
+                store
+            })
+            .await
+    }
+
+    /// The labels of `namespace`, from the watch once it has synced (read from the API
+    /// server before that, or when the watch does not show the namespace yet).
+    async fn labels(
+        &self,
+        client: &Client,
+        namespace: &str,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let store = self.store(client).await;
+        let synced = tokio::time::timeout(Duration::from_secs(5), store.wait_until_ready());
+        if matches!(synced.await, Ok(Ok(())))
+            && let Some(found) = store.get(&ObjectRef::new(namespace))
+        {
+            return Ok(found.labels().clone());
+        }
+        let found = Api::<Namespace>::all(client.clone()).get(namespace).await?;
+        Ok(found.metadata.labels.unwrap_or_default())
+    }
 }
 
 impl Registry {
@@ -263,7 +412,49 @@ impl Registry {
             backends: Arc::default(),
             limiters: Arc::default(),
             create_locks: Arc::default(),
+            list_caches: Arc::default(),
+            list_ttl: Duration::ZERO,
+            stores: None,
+            namespaces: Arc::default(),
         }
+    }
+
+    /// The same registry reading provider resources from the shared watches' stores.
+    pub fn with_stores(
+        mut self,
+        namespaced: Store<KeyPairProvider>,
+        cluster: Store<ClusterKeyPairProvider>,
+    ) -> Self {
+        self.stores = Some(ProviderStores {
+            namespaced,
+            cluster,
+        });
+        self
+    }
+
+    /// The same registry sharing one ThreatWinds key list per provider for `ttl` among
+    /// the key pairs awaiting their code.
+    pub fn with_list_ttl(mut self, ttl: Duration) -> Self {
+        self.list_ttl = ttl;
+        self
+    }
+
+    /// The provider `name` (in `namespace`), from the store once it has synced.
+    async fn provider<P: ProviderResource>(
+        &self,
+        store: Option<&Store<P>>,
+        key: ObjectRef<P>,
+        api: Api<P>,
+    ) -> Result<Option<P>, Error> {
+        if let Some(store) = store
+            && matches!(
+                futures::FutureExt::now_or_never(store.wait_until_ready()),
+                Some(Ok(()))
+            )
+        {
+            return Ok(store.get(&key).map(|p| p.as_ref().clone()));
+        }
+        Ok(api.get_opt(&key.name).await?)
     }
 
     /// Resolves the provider `reference` (from an `ApiKeyPair`'s spec or status) names,
@@ -276,8 +467,11 @@ impl Registry {
         let namespace = akp.namespace().unwrap_or_default();
         match reference.kind {
             ProviderRefKind::KeyPairProvider => {
-                let api: Api<KeyPairProvider> = Api::namespaced(self.client.clone(), &namespace);
-                let provider = api.get_opt(&reference.name).await?.ok_or_else(|| {
+                let store = self.stores.as_ref().map(|s| &s.namespaced);
+                let key = ObjectRef::new(&reference.name).within(&namespace);
+                let api = Api::namespaced(self.client.clone(), &namespace);
+                let found = self.provider(store, key, api);
+                let provider = found.await?.ok_or_else(|| {
                     Error::ProviderNotFound(format!(
                         "KeyPairProvider {namespace}/{} not found (a KeyPairProvider must be in the same namespace as the ApiKeyPair)",
                         reference.name
@@ -287,8 +481,10 @@ impl Registry {
                     .await
             }
             ProviderRefKind::ClusterKeyPairProvider => {
-                let api: Api<ClusterKeyPairProvider> = Api::all(self.client.clone());
-                let provider = api.get_opt(&reference.name).await?.ok_or_else(|| {
+                let store = self.stores.as_ref().map(|s| &s.cluster);
+                let key = ObjectRef::new(&reference.name);
+                let found = self.provider(store, key, Api::all(self.client.clone()));
+                let provider = found.await?.ok_or_else(|| {
                     Error::ProviderNotFound(format!(
                         "ClusterKeyPairProvider {} not found",
                         reference.name
@@ -314,10 +510,7 @@ impl Registry {
             return Ok(());
         }
         if let Some(selector) = &spec.namespace_selector {
-            let ns = Api::<Namespace>::all(self.client.clone())
-                .get(namespace)
-                .await?;
-            let labels = ns.metadata.labels.unwrap_or_default();
+            let labels = self.namespaces.labels(&self.client, namespace).await?;
             if selector_matches(selector, &labels) {
                 return Ok(());
             }
@@ -383,51 +576,105 @@ impl Registry {
                 provider.describe()
             ))
         };
-        // Metadata only: the data is read again only when the Secret changed.
-        let meta = secrets
-            .get_metadata_opt(&secret_name)
-            .await?
-            .ok_or_else(missing)?;
-        let fingerprint = format!(
-            "{}/{}/{}",
+        let identity = format!(
+            "{}/{}",
             provider.uid().unwrap_or_default(),
             provider.meta().generation.unwrap_or_default(),
-            meta.resource_version().unwrap_or_default()
         );
-        let cached = self.backends.lock().ok().and_then(|map| {
-            map.get(&key)
-                .filter(|c| c.fingerprint == fingerprint)
-                .map(|c| c.backend.clone())
-        });
-        let backend = match cached {
-            Some(backend) => backend,
+        let cached = match self.recent_backend(&key, &identity) {
+            Some(cached) => cached,
             None => {
-                let secret = secrets.get_opt(&secret_name).await?.ok_or_else(missing)?;
-                let limiter = self.limiter(&key, connection.rate_limit.as_ref());
-                let backend = self.build_backend(provider, connection, &secret, limiter)?;
-                if let Ok(mut map) = self.backends.lock() {
-                    map.insert(
-                        key.clone(),
-                        CachedBackend {
-                            fingerprint,
-                            backend: backend.clone(),
-                        },
-                    );
+                // Metadata only: the data is read again only when the Secret changed.
+                let meta = secrets
+                    .get_metadata_opt(&secret_name)
+                    .await?
+                    .ok_or_else(missing)?;
+                let fingerprint =
+                    format!("{identity}/{}", meta.resource_version().unwrap_or_default());
+                match self.compared_backend(&key, &fingerprint) {
+                    Some(cached) => cached,
+                    None => {
+                        let secret = secrets.get_opt(&secret_name).await?.ok_or_else(missing)?;
+                        let limiter = self.limiter(&key, connection.rate_limit.as_ref());
+                        let backend = self.build_backend(provider, connection, &secret, limiter)?;
+                        self.cache_backend(&key, fingerprint, backend)
+                    }
                 }
-                backend
             }
         };
-        let create_lock = matches!(backend, Backend::Datonis(_)).then(|| self.create_lock(&key));
+        let (backend, suspect) = cached;
+        let create_locks = matches!(backend, Backend::Datonis(_)).then(|| self.create_locks(&key));
         Ok(ProviderHandle {
-            create_lock,
+            create_locks,
+            credentials_suspect: suspect,
+            list_cache: self.list_cache(&key),
             backend,
             metrics: self.metrics.clone(),
-
             description: provider.describe(),
         })
     }
 
-    fn create_lock(&self, key: &ProviderKey) -> Arc<tokio::sync::Mutex<()>> {
+    /// The cached client of `key` if it is for this provider `identity` (UID and
+    /// generation) and its credentials were compared recently and not refused since.
+    fn recent_backend(
+        &self,
+        key: &ProviderKey,
+        identity: &str,
+    ) -> Option<(Backend, Arc<AtomicBool>)> {
+        let map = self.backends.lock().ok()?;
+        let cached = map.get(key)?;
+        let current = cached.fingerprint.starts_with(&format!("{identity}/"))
+            && cached.compared.elapsed() < CREDENTIALS_RECHECK
+            && !cached.suspect.load(Ordering::Relaxed);
+        current.then(|| (cached.backend.clone(), cached.suspect.clone()))
+    }
+
+    /// The cached client of `key` if its credentials have `fingerprint`; marks them compared.
+    fn compared_backend(
+        &self,
+        key: &ProviderKey,
+        fingerprint: &str,
+    ) -> Option<(Backend, Arc<AtomicBool>)> {
+        let mut map = self.backends.lock().ok()?;
+        let cached = map.get_mut(key).filter(|c| c.fingerprint == fingerprint)?;
+        cached.compared = tokio::time::Instant::now();
+        cached.suspect.store(false, Ordering::Relaxed);
+        Some((cached.backend.clone(), cached.suspect.clone()))
+    }
+
+    fn cache_backend(
+        &self,
+        key: &ProviderKey,
+        fingerprint: String,
+        backend: Backend,
+    ) -> (Backend, Arc<AtomicBool>) {
+        let suspect = Arc::new(AtomicBool::new(false));
+        if let Ok(mut map) = self.backends.lock() {
+            let cached = CachedBackend {
+                fingerprint,
+                compared: tokio::time::Instant::now(),
+                suspect: suspect.clone(),
+                backend: backend.clone(),
+            };
+            map.insert(key.clone(), cached);
+        }
+        (backend, suspect)
+    }
+
+    fn list_cache(&self, key: &ProviderKey) -> Arc<ListCache> {
+        let fresh = || {
+            Arc::new(ListCache {
+                ttl: self.list_ttl,
+                ..ListCache::default()
+            })
+        };
+        match self.list_caches.lock() {
+            Ok(mut caches) => caches.entry(key.clone()).or_insert_with(fresh).clone(),
+            Err(_) => fresh(),
+        }
+    }
+
+    fn create_locks(&self, key: &ProviderKey) -> Arc<CreateLocks> {
         match self.create_locks.lock() {
             Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
             Err(_) => Arc::default(),
@@ -670,21 +917,19 @@ fn provider_error_policy<P>(_: Arc<P>, _: &Error, _: Arc<ProviderContext>) -> Ac
     Action::requeue(Duration::from_secs(15))
 }
 
-/// Runs the controller of one provider kind over `api` until `shutdown`.
-pub async fn run<P: ProviderResource>(
-    api: Api<P>,
+/// Runs the controller of one provider kind over a shared watch (`trigger`, `store`) until
+/// shutdown.
+pub(super) async fn run<P: ProviderResource>(
+    trigger: impl futures::Stream<Item = Arc<P>> + Send + 'static,
+    store: kube::runtime::reflector::Store<P>,
     kind: ProviderRefKind,
-    registry: Registry,
-    recorder: Recorder,
-    settings: Settings,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shared: super::Shared,
 ) {
-    let client = api.clone().into_client();
     let ctx = Arc::new(ProviderContext {
-        client,
-        registry,
-        recorder,
-        settings,
+        client: shared.client.clone(),
+        registry: shared.registry,
+        recorder: shared.recorder,
+        settings: shared.settings,
     });
     let reconcile = move |provider: Arc<P>, ctx: Arc<ProviderContext>| async move {
         let started = std::time::Instant::now();
@@ -694,12 +939,12 @@ pub async fn run<P: ProviderResource>(
             .reconciled("provider", result.is_ok(), started.elapsed());
         result
     };
-    Controller::new(api, watcher::Config::default())
-        .graceful_shutdown_on(shutdown)
+    Controller::for_shared_stream(trigger, store)
+        .graceful_shutdown_on(shared.shutdown)
         .run(reconcile, provider_error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
-                tracing::debug!(%error, "provider reconcile failed");
+                warn!(%error, "provider reconcile failed");
             }
         })
         .await;

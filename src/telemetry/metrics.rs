@@ -38,6 +38,15 @@ pub struct ProviderCallLabels {
     pub status: &'static str,
 }
 
+/// Labels of `keypair_operator_kube_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeRequestLabels {
+    /// `get`, `list`, `watch`, `create`, `patch`, `update` or `delete`.
+    pub verb: &'static str,
+    /// The resource, with its subresource (`apikeypairs/status`).
+    pub resource: String,
+}
+
 /// Labels of the per-`ApiKeyPair` gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyPairLabels {
@@ -58,6 +67,7 @@ pub struct Metrics {
     renewal_overdue: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
     ready: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
     leader: Gauge<i64, AtomicI64>,
+    kube_requests: Family<KubeRequestLabels, Counter>,
 }
 
 /// What the gauges of one `ApiKeyPair` show.
@@ -134,7 +144,14 @@ impl Metrics {
             "Whether this instance holds the leader lease (1) or not (0)",
             leader.clone(),
         );
+        let kube_requests = Family::<KubeRequestLabels, Counter>::default();
+        registry.register(
+            "kube_requests",
+            "Requests this operator made to the Kubernetes API, by verb and resource",
+            kube_requests.clone(),
+        );
         Self {
+            kube_requests,
             registry,
             reconciles,
             reconcile_duration,
@@ -145,6 +162,15 @@ impl Metrics {
             ready,
             leader,
         }
+    }
+
+    /// Counts one request to the Kubernetes API.
+    pub fn kube_request(&self, verb: &'static str, resource: &str) {
+        let labels = KubeRequestLabels {
+            verb,
+            resource: resource.to_owned(),
+        };
+        self.kube_requests.get_or_create(&labels).inc();
     }
 
     /// Records one reconcile.

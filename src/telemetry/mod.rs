@@ -3,6 +3,7 @@
 //! [`http`] endpoint that serves them with the health probes.
 
 pub mod http;
+pub mod kube_requests;
 pub mod metrics;
 
 pub use http::Health;

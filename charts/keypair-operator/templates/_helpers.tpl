@@ -65,5 +65,5 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: [get, patch]
 - apiGroups: [""]
   resources: [namespaces]
-  verbs: [get]
+  verbs: [get, list, watch]
 {{- end -}}

@@ -11,7 +11,9 @@ impl Run<'_> {
         purpose: CreatePurpose,
         previous: Option<&KeyRecord>,
     ) -> Result<(), Error> {
-        let _serialized = self.provider.serialize_creates().await;
+        let fingerprint =
+            plan::create_fingerprint(self.akp, None, None, self.timing.now.date_naive());
+        let _serialized = self.provider.serialize_creates(&fingerprint).await;
         // A staged replacement needs the current credentials to keep serving.
         let serving = if purpose == CreatePurpose::Replace {
             let view = self.secret_view(true).await?;
@@ -179,17 +181,13 @@ impl Run<'_> {
         // This resource's own keys (serving, replacement, previous) are not the attempt's.
         referenced.extend(owned_key_ids(&self.status).into_iter().map(str::to_owned));
         // What the attempt asked for (a spec edited since does not matter).
-        let today = intent.started_at.date_naive();
-        let days = intent.validity_days.unwrap_or(self.akp.spec.validity_days);
-        let expiry = plan::datonis_expiry(today, days);
-        let spec_role = self.akp.spec.datonis.as_ref().map(|d| d.role_key.as_str());
-        let role = intent.role_key.as_deref().or(spec_role);
+        let fingerprint = attempt_fingerprint(self.akp, intent);
         let is_referenced = |id: &str| referenced.contains(id);
         let found = plan::attempt_candidates(
             self.kind,
             intent,
-            role,
-            Some(expiry),
+            fingerprint.role.as_deref(),
+            Some(fingerprint.expiry),
             &remote,
             &is_referenced,
         );
@@ -201,7 +199,10 @@ impl Run<'_> {
         intent: Intent,
         previous: Option<KeyRecord>,
     ) -> Result<(), Error> {
-        let _serialized = self.provider.serialize_creates().await;
+        let _serialized = self
+            .provider
+            .serialize_creates(&attempt_fingerprint(self.akp, &intent))
+            .await;
         self.write(true).await?;
         if let Some(previous) = previous
             .as_ref()
@@ -454,4 +455,15 @@ impl Run<'_> {
         self.create(purpose, Some(key)).await?;
         Ok(SOON)
     }
+}
+
+/// The fingerprint an attempt asked for (a spec edited since does not matter).
+pub(super) fn attempt_fingerprint(akp: &ApiKeyPair, intent: &Intent) -> plan::CreateFingerprint {
+    let started = intent.started_at.date_naive();
+    plan::create_fingerprint(
+        akp,
+        intent.role_key.as_deref(),
+        intent.validity_days,
+        started,
+    )
 }

@@ -14,7 +14,13 @@ impl Run<'_> {
 
     pub(super) async fn cleanup_steps(&mut self, disable: bool) -> Result<(), Error> {
         let state = KeyState::parse(&self.status, self.kind)?;
-        let _serialized = self.provider.serialize_creates().await;
+        let _serialized = match &state {
+            KeyState::Creating { intent, .. } => {
+                let fingerprint = create::attempt_fingerprint(self.akp, intent);
+                self.provider.serialize_creates(&fingerprint).await
+            }
+            _ => None,
+        };
         self.write(true).await?;
         let mut doomed: Vec<String> = owned_key_ids(&self.status)
             .into_iter()

@@ -114,9 +114,14 @@ pub trait Cluster: Send + Sync {
 pub trait Provider: KeyPairApi {
     /// `Kind namespace/name` of the provider resource, for messages.
     fn description(&self) -> &str;
-    /// Serializes creates on providers whose keys are told apart by fingerprint only.
-    async fn serialize_creates(&self) -> Option<OwnedMutexGuard<()>>;
+    /// Serializes creates of one fingerprint on providers whose keys are told apart by
+    /// fingerprint only.
+    async fn serialize_creates(&self, fingerprint: &plan::CreateFingerprint)
+    -> Option<CreateGuard>;
 }
+
+/// Held while a create attempt (or its recovery) of one fingerprint is in flight.
+pub struct CreateGuard(pub Vec<OwnedMutexGuard<()>>);
 
 /// When checks are due and how often to look.
 #[derive(Clone, Debug)]
@@ -129,8 +134,8 @@ pub struct Timing {
     pub check_interval: Duration,
     /// How often a key waiting for its code looks for it.
     pub verification_poll_interval: Duration,
-    /// A random number in `0..1` that spreads checks.
-    pub jitter: f64,
+    /// The key's next periodic check slot ([`plan::check_slots`]).
+    pub next_check_slot: DateTime<Utc>,
 }
 
 /// What a successful reconcile decided.
@@ -156,6 +161,10 @@ pub struct Run<'a> {
     checked: bool,
     /// The rotate annotation value the next create attempt carries out.
     rotation_request: Option<String>,
+    /// Whether the spec changed since the status was last written.
+    spec_changed: bool,
+    /// What this run last wrote to the Secret.
+    applied: Option<SecretContents>,
 }
 
 impl<'a> Run<'a> {
@@ -177,6 +186,9 @@ impl<'a> Run<'a> {
             status,
             checked: false,
             rotation_request: None,
+            spec_changed: akp.status.as_ref().and_then(|s| s.observed_generation)
+                != akp.metadata.generation,
+            applied: None,
         }
     }
 
@@ -204,6 +216,8 @@ impl<'a> Run<'a> {
     /// write carries the resourceVersion this reconcile read (or last wrote): a reconcile
     /// working from a stale cached object never overwrites a newer status.
     async fn write(&mut self, fence: bool) -> Result<(), Error> {
+        // Every write describes the generation this run acts on.
+        self.status.observed_generation = self.generation();
         if self.status == self.written && !fence {
             return Ok(());
         }
@@ -221,14 +235,16 @@ impl<'a> Run<'a> {
         Ok(secret::view_secret(self.akp, found.as_ref()))
     }
 
-    async fn apply_secret(&self, contents: &SecretContents) -> Result<(), Error> {
+    async fn apply_secret(&mut self, contents: &SecretContents) -> Result<(), Error> {
         let desired = secret::desired_secret(self.akp, contents);
-        self.cluster.apply_secret(&desired).await
+        self.cluster.apply_secret(&desired).await?;
+        self.applied = Some(contents.clone());
+        Ok(())
     }
 
     /// Writes the Secret to serve these credentials, with no pending slot.
     async fn serve(
-        &self,
+        &mut self,
         api_key: &str,
         api_secret: SecretString,
     ) -> Result<SecretContents, Error> {
@@ -261,7 +277,6 @@ impl<'a> Run<'a> {
     pub async fn apply(mut self) -> Result<Outcome, Error> {
         match self.apply_steps().await {
             Ok(requeue) => {
-                self.status.observed_generation = self.generation();
                 self.write(false).await?;
                 Ok(self.outcome(requeue))
             }
@@ -307,10 +322,10 @@ impl<'a> Run<'a> {
                 "Secret {} exists and is not owned by this ApiKeyPair; choose another spec.secretName or delete that Secret",
                 self.secret_name()
             ))),
-            Step::Create => self
-                .create(CreatePurpose::Initial, None)
-                .await
-                .map(|()| SOON),
+            Step::Create => {
+                self.create(CreatePurpose::Initial, None).await?;
+                self.go_on_after_create().await
+            }
             Step::Recover { intent, previous } => {
                 self.recover(intent, previous).await.map(|()| SOON)
             }
@@ -318,6 +333,20 @@ impl<'a> Run<'a> {
                 self.finish_promotion(old, new).await.map(|()| SOON)
             }
             Step::Steady { key, replacement } => self.steady(key, replacement, view).await,
+        }
+    }
+
+    /// Goes on with the key just created in the same reconcile, from the Secret as this
+    /// run wrote it (the watch cache has not seen that write yet).
+    async fn go_on_after_create(&mut self) -> Result<Duration, Error> {
+        let state = KeyState::parse(&self.status, self.kind)?;
+        // The create answer described the key: no need to look it up again now.
+        self.spec_changed = false;
+        match (state, self.applied.clone()) {
+            (KeyState::Active { key, replacement }, Some(contents)) => {
+                self.steady(key, replacement, owned_view(contents)).await
+            }
+            _ => Ok(SOON),
         }
     }
 

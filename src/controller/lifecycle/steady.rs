@@ -21,7 +21,7 @@ impl Run<'_> {
             Repaired::StartedOver(requeue) => return Ok(requeue),
         };
         let replacement = replacement.filter(|_| self.status.pending_key.is_some());
-        let due = self.timing.check_due || self.status.observed_generation != self.generation();
+        let due = self.timing.check_due || self.spec_changed;
         if due && let Some(requeue) = self.observe(&key, replacement.as_ref(), &view).await? {
             return Ok(requeue);
         }
@@ -261,12 +261,7 @@ impl Run<'_> {
         .flatten()
         .filter_map(parse_time)
         .min();
-        plan::next_check(
-            self.timing.check_interval,
-            self.timing.jitter,
-            self.timing.now,
-            deadline,
-        )
+        plan::next_check(self.timing.next_check_slot, self.timing.now, deadline)
     }
 
     /// Repairs the Secret of a key in place; returns the Secret as it now is.
