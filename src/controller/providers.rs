@@ -13,7 +13,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
@@ -30,7 +31,7 @@ use crate::provider::{
     HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RateLimiter, RemoteKeyPair,
     ThreatWindsClient, UpdateKeyPair,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, ProviderLabels};
 
 /// What both provider kinds have in common for the controllers.
 pub trait ProviderResource:
@@ -95,6 +96,29 @@ impl ProviderResource for ClusterKeyPairProvider {
     }
 }
 
+/// The `provider_kind` label of the metrics: the provider resource's kind.
+pub fn kind_label(kind: ProviderRefKind) -> &'static str {
+    match kind {
+        ProviderRefKind::KeyPairProvider => "KeyPairProvider",
+        ProviderRefKind::ClusterKeyPairProvider => "ClusterKeyPairProvider",
+    }
+}
+
+/// The labels of a provider resource's gauges.
+fn provider_labels<P: ProviderResource>(provider: &P, kind: ProviderRefKind) -> ProviderLabels {
+    let connection = provider.connection();
+    ProviderLabels {
+        provider_kind: kind_label(kind).to_owned(),
+        namespace: provider.namespace().unwrap_or_default(),
+        provider_name: provider.name_any(),
+        provider: match (&connection.threatwinds, &connection.datonis) {
+            (Some(_), None) => ProviderKind::Threatwinds.as_str(),
+            (None, Some(_)) => ProviderKind::Datonis.as_str(),
+            _ => "",
+        },
+    }
+}
+
 /// A concrete provider client (ThreatWinds sessions need the concrete type).
 #[derive(Clone)]
 pub enum Backend {
@@ -131,10 +155,11 @@ impl ProviderHandle {
         operation: &'static str,
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
+        let started = std::time::Instant::now();
         let result = call.await;
         let status = result.as_ref().map_or_else(ProviderError::class, |_| "ok");
         self.metrics
-            .provider_call(self.kind().as_str(), operation, status);
+            .provider_call(self.kind().as_str(), operation, status, started.elapsed());
         result
     }
 
@@ -633,6 +658,15 @@ async fn reconcile_provider<P: ProviderResource>(
     } else {
         previous.session_expire_at.clone()
     });
+    ctx.registry.metrics.provider_status(
+        provider_labels(provider.as_ref(), kind),
+        now_ready,
+        status
+            .session_expire_at
+            .as_deref()
+            .and_then(super::plan::parse_time)
+            .map(|t| t.timestamp()),
+    );
     if status != previous {
         let api = provider.api_for(ctx.client.clone());
         let patch = serde_json::json!({ "status": status });
@@ -694,7 +728,20 @@ pub async fn run<P: ProviderResource>(
             .reconciled("provider", result.is_ok(), started.elapsed());
         result
     };
-    Controller::new(api, watcher::Config::default())
+    // As `Controller::new`, and a deleted provider's gauges go with it.
+    let metrics = ctx.registry.metrics.clone();
+    let (store, writer) = reflector::store();
+    let events =
+        reflector(writer, watcher(api, watcher::Config::default())).inspect(move |event| {
+            if let Ok(watcher::Event::Delete(provider)) = event {
+                metrics.forget_provider(
+                    kind_label(kind),
+                    &provider.namespace().unwrap_or_default(),
+                    &provider.name_any(),
+                );
+            }
+        });
+    Controller::for_stream(events.applied_objects(), store)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, provider_error_policy, ctx)
         .for_each(|result| async move {

@@ -6,7 +6,7 @@ pub mod http;
 pub mod metrics;
 
 pub use http::Health;
-pub use metrics::{KeyPairFigures, Metrics};
+pub use metrics::{KeyPairFigures, KeyPairLabels, Metrics, ProviderLabels};
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
