@@ -419,3 +419,28 @@ async fn every_example_applies_as_is() {
     }
     eprintln!("{documents} documents in {} files apply", files.len());
 }
+
+/// The README's troubleshooting table says what to do about every condition reason the
+/// operator writes (`src/conditions.rs`, module `reason`).
+#[test]
+fn readme_troubleshooting_covers_every_reason() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/conditions.rs")).expect("conditions.rs");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let start = source.find("pub mod reason {").expect("mod reason");
+    let end = start + source[start..].find("\n}\n").expect("end of mod reason");
+    let reasons: Vec<&str> = source[start..end]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const "))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(reasons.len() >= 25, "{reasons:?}");
+    let missing: Vec<&&str> = reasons
+        .iter()
+        .filter(|r| !readme.contains(&format!("| `{r}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README troubleshooting table lacks {missing:?}"
+    );
+}
