@@ -257,12 +257,11 @@ impl Metrics {
     /// Sets the gauges of one `ApiKeyPair` (replacing its series if its labels changed).
     pub fn key_pair(&self, labels: KeyPairLabels, figures: KeyPairFigures) {
         let id = (labels.namespace.clone(), labels.name.clone());
-        if let Ok(mut known) = self.key_pairs.lock() {
-            if let Some(previous) = known.insert(id, labels.clone())
-                && previous != labels
-            {
-                self.remove_key_pair(&previous);
-            }
+        if let Ok(mut known) = self.key_pairs.lock()
+            && let Some(previous) = known.insert(id, labels.clone())
+            && previous != labels
+        {
+            self.remove_key_pair(&previous);
         }
         set(&self.expiration, &labels, figures.expires_at);
         set(&self.renewal, &labels, figures.renews_at);
@@ -313,13 +312,12 @@ impl Metrics {
             labels.namespace.clone(),
             labels.provider_name.clone(),
         );
-        if let Ok(mut known) = self.providers.lock() {
-            if let Some(previous) = known.insert(id, labels.clone())
-                && previous != labels
-            {
-                self.provider_ready.remove(&previous);
-                self.session_expiration.remove(&previous);
-            }
+        if let Ok(mut known) = self.providers.lock()
+            && let Some(previous) = known.insert(id, labels.clone())
+            && previous != labels
+        {
+            self.provider_ready.remove(&previous);
+            self.session_expiration.remove(&previous);
         }
         set(&self.provider_ready, &labels, Some(i64::from(ready)));
         set(&self.session_expiration, &labels, session_expires_at);
