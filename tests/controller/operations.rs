@@ -152,6 +152,24 @@ async fn metrics_and_probes_describe_a_running_scenario() {
     s.delete_and_wait_gone("web").await;
     let (_, text) = scrape(&s.operator, "/metrics").await.expect("scrape");
     assert_eq!(sample(&text, &series), None, "{text}");
+
+    // Nor does a deleted provider.
+    let providers: Api<keypair_operator::crd::KeyPairProvider> =
+        Api::namespaced(s.client.clone(), &s.ns);
+    providers
+        .delete("p", &Default::default())
+        .await
+        .expect("delete the provider");
+    let provider_series = format!("keypair_operator_provider_ready{{{provider}}}");
+    common::wait_for(
+        "the provider's series to go",
+        Duration::from_secs(30),
+        || async {
+            let (_, text) = scrape(&s.operator, "/metrics").await?;
+            sample(&text, &provider_series).is_none().then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
