@@ -29,9 +29,9 @@ lint: ## cargo fmt --check and clippy with warnings as errors (with and without 
 	cargo clippy --all-targets --all-features -- -D warnings
 
 .PHONY: crds
-crds: ## regenerate crds/ and the Helm chart's crds/ from the Rust types
+crds: ## regenerate crds/ and the Helm chart's files/crds/ (rendered by templates/crds.yaml) from the Rust types
 	cargo run --quiet -- crds --output-dir crds
-	cargo run --quiet -- crds --output-dir charts/keypair-operator/crds
+	cargo run --quiet -- crds --output-dir charts/keypair-operator/files/crds
 
 .PHONY: cluster-up
 cluster-up: ## start the local control plane (builds it on first use); prints the kubeconfig path

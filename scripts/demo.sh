@@ -39,7 +39,7 @@ echo $! >"$DEMO/operator.pid"
 
 log "applying examples/threatwinds.yaml"
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-sed -e "s#SANDBOX_URL#http://127.0.0.1:$PORT#" -e "s#SESSION_TOKEN#$TOKEN#" examples/threatwinds.yaml \
+sed -e "s#url: https://intelligence.threatwinds.com#url: http://127.0.0.1:$PORT#" -e "s#SESSION_TOKEN#$TOKEN#" examples/threatwinds.yaml \
   | kubectl -n demo apply -f -
 
 # Waits until jsonpath $1 of the ApiKeyPair has a value and prints it.

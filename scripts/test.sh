@@ -17,6 +17,8 @@ trap cleanup EXIT
 
 # tests/argocd_health.rs runs the Argo CD health check under Lua 5.1, Argo CD's dialect.
 command -v lua5.1 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.1 >/dev/null; }
+# tests/helm.rs runs the chart's alerts through `promtool test rules` (Debian: prometheus).
+command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # One build shared by every test binary; the machine has 2 cores. The lifecycle model test
 # runs first, uncaptured, so its coverage figures show; the full run skips it.

@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Timeout of each provider request.
     #[arg(long, env = "KPO_PROVIDER_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub provider_timeout: Duration,
+    /// Largest back-off between retries of a failing resource.
+    #[arg(long, env = "KPO_MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
+    pub max_backoff: Duration,
     /// Reconciles running at once per controller.
     #[arg(long, env = "KPO_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
@@ -150,7 +153,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     } else {
         Scope::Namespaces(args.namespaces.clone())
     };
-    let options = RunOptions {
+    let mut options = RunOptions {
         settings: Settings {
             check_interval: args.check_interval,
             verification_poll_interval: args.verification_poll_interval,
@@ -165,11 +168,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         metrics: metrics.clone(),
         health: health.clone(),
     };
+    options.settings.max_backoff = args.max_backoff;
     if args.leader_elect {
-        lead_then_run(client, options, &args, shutdown).await?;
+        lead_then_run(client, options, &args, shutdown.clone()).await?;
     } else {
         metrics.set_leader(true);
-        controller::run(client, options, shutdown).await;
+        health.set_leading(true);
+        controller::run(client, options, shutdown.clone()).await;
+    }
+    if futures::FutureExt::now_or_never(shutdown).is_none() {
+        health.set_stopped();
+        warn!("the controllers stopped without a shutdown signal; /healthz now fails");
     }
     match server.await {
         Ok(result) => result.map_err(|e| RunError::Http(args.http_listen, e)),
@@ -220,6 +229,7 @@ async fn lead_then_run(
         }
         info!(%identity, "acquired the leader lease; reconciling");
         options.metrics.set_leader(true);
+        options.health.set_leading(true);
         options.health.set_ready(false);
         let mut controllers = tokio::spawn(controller::run(
             client.clone(),
@@ -230,12 +240,17 @@ async fn lead_then_run(
             _ = &mut controllers => break,
             _ = leading.changed() => {
                 controllers.abort();
+                // Wait until the aborted reconciles are gone, so none of them exports a
+                // per-key series after they are cleared.
+                let _ = (&mut controllers).await;
                 warn!(%identity, "lost the leader lease; stopped reconciling");
                 options.metrics.set_leader(false);
+                options.health.set_leading(false);
             }
         }
     }
     options.metrics.set_leader(false);
+    options.health.set_leading(false);
     drop(leading);
     // Dropping the receiver makes the lease manager release the lease and stop.
     if let Ok(Err(e)) = lease_task.await {

@@ -1,6 +1,7 @@
 //! The CRDs: committed YAML matches the Rust types, they install on a real API server by
 //! server-side apply and become Established, and the API server rejects bad objects with
-//! a message that names the problem.
+//! a message that names the problem. Every file in `examples/` applies as is (the
+//! equivalent of `kubectl apply --dry-run=server -f examples/`).
 
 mod common;
 
@@ -337,4 +338,109 @@ async fn crds_are_established_with_printer_columns() {
         .await
         .expect("CRD exists");
     assert_eq!(cluster.spec.scope, "Cluster");
+}
+
+/// Every document of every file in `examples/` is accepted by the API server as is: a
+/// dry-run create (`kubectl apply --dry-run=server`) in a fresh namespace, or in the
+/// namespace the document names (created when missing, as installing the chart would).
+#[tokio::test]
+async fn every_example_applies_as_is() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::discovery::{Scope, pinned_kind};
+    let client = common::client_with_crds().await;
+    let ns = common::test_namespace(&client, "examples").await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "{files:?}");
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut documents = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read example");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", file.display()));
+            if value.is_null() {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(value.clone())
+                .unwrap_or_else(|e| panic!("{}: not an object: {e}", file.display()));
+            let types = object.types.clone().expect("apiVersion and kind");
+            let gvk = GroupVersionKind::try_from(&types).expect("apiVersion");
+            let (ar, caps) = pinned_kind(&client, &gvk)
+                .await
+                .unwrap_or_else(|e| panic!("{}: unknown kind {gvk:?}: {e}", file.display()));
+            let api: Api<DynamicObject> = match caps.scope {
+                Scope::Cluster => Api::all_with(client.clone(), &ar),
+                Scope::Namespaced => {
+                    let target = object.metadata.namespace.clone().unwrap_or(ns.clone());
+                    if target != ns {
+                        let namespaces: Api<Namespace> = Api::all(client.clone());
+                        let namespace: Namespace =
+                            serde_json::from_value(json!({"metadata": {"name": target}}))
+                                .expect("namespace");
+                        match namespaces.create(&PostParams::default(), &namespace).await {
+                            Ok(_) => {}
+                            Err(kube::Error::Api(status)) if status.code == 409 => {}
+                            Err(e) => panic!("create namespace {target}: {e}"),
+                        }
+                    }
+                    Api::namespaced_with(client.clone(), &target, &ar)
+                }
+            };
+            let params = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            if let Err(e) = api.create(&params, &object).await {
+                panic!(
+                    "{}: the API server refuses {} {}: {e}",
+                    file.display(),
+                    types.kind,
+                    object.metadata.name.clone().unwrap_or_default()
+                );
+            }
+            kinds.insert(types.kind);
+            documents += 1;
+        }
+    }
+    for kind in [
+        "Secret",
+        "KeyPairProvider",
+        "ClusterKeyPairProvider",
+        "ApiKeyPair",
+        "Deployment",
+    ] {
+        assert!(kinds.contains(kind), "no example of a {kind}: {kinds:?}");
+    }
+    eprintln!("{documents} documents in {} files apply", files.len());
+}
+
+/// The README's troubleshooting table says what to do about every condition reason the
+/// operator writes (`src/conditions.rs`, module `reason`).
+#[test]
+fn readme_troubleshooting_covers_every_reason() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/conditions.rs")).expect("conditions.rs");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let start = source.find("pub mod reason {").expect("mod reason");
+    let end = start + source[start..].find("\n}\n").expect("end of mod reason");
+    let reasons: Vec<&str> = source[start..end]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const "))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(reasons.len() >= 25, "{reasons:?}");
+    let missing: Vec<&&str> = reasons
+        .iter()
+        .filter(|r| !readme.contains(&format!("| `{r}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README troubleshooting table lacks {missing:?}"
+    );
 }

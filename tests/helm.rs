@@ -1,7 +1,10 @@
-//! The Helm chart with the real `helm` binary: lint, render in both RBAC modes, reject bad
-//! values, stay stable across renders, ship the generated CRDs, install into the real
-//! control plane; then the operator runs with exactly the chart's ServiceAccount token
-//! and arguments and takes a key pair through its whole lifecycle.
+//! The Helm chart with the real `helm` binary: lint, render in both RBAC modes and with
+//! every value, reject bad values, stay stable across renders, ship the generated CRDs,
+//! install into the real control plane (with defaults and with non-default values); then
+//! the operator runs with exactly the chart's ServiceAccount token and arguments and takes
+//! a key pair through its whole lifecycle. The chart's alerts are run through
+//! `promtool test rules` (Debian package `prometheus`; `scripts/test.sh` installs it), and
+//! every metric the alerts and the dashboard use is one the operator exports.
 
 mod common;
 
@@ -56,6 +59,15 @@ fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 async fn template(set: &[&str]) -> Result<Vec<Value>, String> {
+    let mut args = Vec::new();
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    render(&args).await
+}
+
+/// `helm template` with raw extra arguments (`--set`, `--set-json`, `--show-only`, ...).
+async fn render(extra: &[&str]) -> Result<Vec<Value>, String> {
     let helm = helm().await;
     let chart = chart();
     let mut args = vec![
@@ -65,9 +77,7 @@ async fn template(set: &[&str]) -> Result<Vec<Value>, String> {
         "--namespace",
         "ops",
     ];
-    for s in set {
-        args.extend(["--set", s]);
-    }
+    args.extend(extra);
     let (ok, stdout, stderr) = run(&helm, &args);
     if !ok {
         return Err(stderr);
@@ -128,10 +138,10 @@ async fn chart_lints_in_both_rbac_modes() {
 
 #[tokio::test]
 async fn chart_crds_are_the_generated_ones() {
-    let dir = chart().join("crds");
+    let dir = chart().join("files/crds");
     let files = keypair_operator::crd::crd_files().expect("render CRDs");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .expect("chart crds/")
+        .expect("chart files/crds/")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
@@ -139,10 +149,99 @@ async fn chart_crds_are_the_generated_ones() {
     let mut expected: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
     expected.sort();
     assert_eq!(on_disk, expected, "run `make crds`");
-    for (name, yaml) in files {
+    for (name, yaml) in &files {
         assert!(
-            std::fs::read_to_string(dir.join(&name)).expect("read") == yaml,
-            "charts/keypair-operator/crds/{name} is out of date; run `make crds`"
+            std::fs::read_to_string(dir.join(name)).expect("read") == *yaml,
+            "charts/keypair-operator/files/crds/{name} is out of date; run `make crds`"
+        );
+    }
+    assert!(
+        !chart().join("crds").exists(),
+        "Helm installs a chart's crds/ untemplated and never upgrades it: the CRDs are templates"
+    );
+
+    // templates/crds.yaml renders exactly those CRDs, with the chart's labels and, by
+    // default, Helm's keep policy.
+    let objects = template(&["commonLabels.team=platform"])
+        .await
+        .expect("render");
+    let crds = of_kind(&objects, "CustomResourceDefinition");
+    assert_eq!(crds.len(), files.len());
+    for (_, yaml) in &files {
+        let generated: Value = serde_yaml::from_str(yaml).expect("CRD YAML");
+        let name = &generated["metadata"]["name"];
+        let rendered = crds
+            .iter()
+            .find(|c| &c["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} rendered"));
+        let metadata = &rendered["metadata"];
+        assert_eq!(
+            metadata["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}"
+        );
+        assert_eq!(metadata["labels"]["team"], "platform", "{name}");
+        assert_eq!(metadata["labels"]["app.kubernetes.io/instance"], "kpo");
+        let mut stripped = (*rendered).clone();
+        let mut generated = generated.clone();
+        for object in [&mut stripped, &mut generated] {
+            numbers_as_floats(object);
+            let meta = object["metadata"].as_object_mut().expect("metadata");
+            meta.remove("labels");
+            meta.remove("annotations");
+        }
+        assert_eq!(stripped, generated, "{name} renders as generated");
+    }
+    let objects = template(&["crds.keep=false"]).await.expect("render");
+    assert!(
+        of_kind(&objects, "CustomResourceDefinition")
+            .iter()
+            .all(|c| c["metadata"]["annotations"]["helm.sh/resource-policy"].is_null())
+    );
+    let objects = template(&["crds.enabled=false"]).await.expect("render");
+    assert!(of_kind(&objects, "CustomResourceDefinition").is_empty());
+}
+
+/// Helm writes `0` where the generator writes `0.0`: the same number to the API server.
+fn numbers_as_floats(value: &mut Value) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().and_then(serde_json::Number::from_f64) {
+                *n = f;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(numbers_as_floats),
+        Value::Object(map) => map.values_mut().for_each(numbers_as_floats),
+        _ => {}
+    }
+}
+
+/// The rendered CRDs are accepted by the API server: a server-side apply dry run over the
+/// installed ones (the shared test cluster's CRDs are not Helm's to own).
+#[tokio::test]
+async fn chart_crds_apply_on_the_api_server() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let client = common::client_with_crds().await;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
+    let objects = template(&[]).await.expect("render");
+    let crds = of_kind(&objects, "CustomResourceDefinition");
+    assert_eq!(crds.len(), 3);
+    let mut params = PatchParams::apply("keypair-operator-helm-test").force();
+    params.dry_run = true;
+    for crd in crds {
+        let name = crd["metadata"]["name"].as_str().expect("name");
+        let applied = api
+            .patch(name, &params, &Patch::Apply(crd))
+            .await
+            .unwrap_or_else(|e| panic!("dry-run apply {name}: {e}"));
+        assert_eq!(
+            applied
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get("helm.sh/resource-policy")
+                .map(String::as_str),
+            Some("keep")
         );
     }
 }
@@ -271,6 +370,26 @@ async fn bad_values_are_rejected_by_the_schema() {
         (vec!["operator.logFormat=xml"], "logFormat"),
         (vec!["httpPort=80"], "httpPort"),
         (vec!["unknownKey=1"], "unknownKey"),
+        (vec!["image.digest=latest"], "digest"),
+        (vec!["operator.providerTimeout=15"], "providerTimeout"),
+        (vec!["operator.maxBackoff=never"], "maxBackoff"),
+        (vec!["extraArgs={-v}"], "extraArgs"),
+        (vec!["serviceAccount.create=false"], "name"),
+        (vec!["crds.keep=yes"], "keep"),
+        (
+            vec![
+                "podDisruptionBudget.enabled=true",
+                "podDisruptionBudget.minAvailable=1",
+                "podDisruptionBudget.maxUnavailable=1",
+            ],
+            "not both",
+        ),
+        (
+            vec!["prometheusRule.alerts.keyExpiringSoon.thresholdSeconds=soon"],
+            "thresholdSeconds",
+        ),
+        (vec!["prometheusRule.alerts.keyNotReady.for=15"], "for"),
+        (vec!["grafanaDashboard.label=a b"], "label"),
     ] {
         let error = template(&set)
             .await
@@ -316,6 +435,9 @@ impl Release {
             namespace,
             "--kubeconfig",
             admin.to_str().expect("path"),
+            // The harness installed the CRDs cluster-wide; they are not this release's.
+            "--set",
+            "crds.enabled=false",
         ];
         for s in set {
             args.extend(["--set", s]);
@@ -578,4 +700,909 @@ fn tempdir(name: &str) -> PathBuf {
     let dir = root().join("target/test-logs").join(name);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+fn deployment(objects: &[Value]) -> &Value {
+    of_kind(objects, "Deployment")[0]
+}
+
+fn container(objects: &[Value]) -> &Value {
+    &deployment(objects)["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args(objects: &[Value]) -> Vec<String> {
+    container(objects)["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every value of the chart changes the rendered objects as documented.
+#[tokio::test]
+async fn every_value_renders() {
+    type Check = fn(&[Value]);
+    let table: Vec<(Vec<&str>, Check)> = vec![
+        (vec!["--set", "nameOverride=keys"], |o| {
+            assert_eq!(deployment(o)["metadata"]["name"], "kpo-keys");
+            assert_eq!(
+                deployment(o)["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+                "keys"
+            );
+        }),
+        (vec!["--set", "fullnameOverride=keys"], |o| {
+            for kind in ["Deployment", "ServiceAccount", "ClusterRole"] {
+                assert_eq!(of_kind(o, kind)[0]["metadata"]["name"], "keys", "{kind}");
+            }
+            assert_eq!(of_kind(o, "Service")[0]["metadata"]["name"], "keys-metrics");
+        }),
+        (vec!["--set", "commonLabels.team=platform"], |o| {
+            for object in o {
+                assert_eq!(object["metadata"]["labels"]["team"], "platform", "{object}");
+            }
+            assert_eq!(
+                deployment(o)["spec"]["template"]["metadata"]["labels"]["team"],
+                "platform"
+            );
+            assert!(
+                deployment(o)["spec"]["selector"]["matchLabels"]["team"].is_null(),
+                "selectors are immutable: commonLabels stay out"
+            );
+        }),
+        (
+            vec![
+                "--set",
+                "image.repository=r.example/kpo",
+                "--set",
+                "image.tag=1.2.3",
+            ],
+            |o| {
+                assert_eq!(container(o)["image"], "r.example/kpo:1.2.3");
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "image.tag=1.2.3",
+                "--set",
+                "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ],
+            |o| {
+                assert_eq!(
+                    container(o)["image"],
+                    "keypair-operator@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                );
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "serviceAccount.create=false",
+                "--set",
+                "serviceAccount.name=existing",
+            ],
+            |o| {
+                assert!(of_kind(o, "ServiceAccount").is_empty());
+                assert_eq!(
+                    deployment(o)["spec"]["template"]["spec"]["serviceAccountName"],
+                    "existing"
+                );
+                assert_eq!(
+                    of_kind(o, "ClusterRoleBinding")[0]["subjects"][0]["name"],
+                    "existing"
+                );
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "serviceAccount.name=named",
+                "--set",
+                "serviceAccount.annotations.a=b",
+            ],
+            |o| {
+                let sa = of_kind(o, "ServiceAccount")[0];
+                assert_eq!(sa["metadata"]["name"], "named");
+                assert_eq!(sa["metadata"]["annotations"]["a"], "b");
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "operator.checkInterval=10m",
+                "--set",
+                "operator.verificationPollInterval=5s",
+                "--set",
+                "operator.sessionRefreshMargin=2h",
+                "--set",
+                "operator.providerTimeout=30s",
+                "--set",
+                "operator.maxBackoff=10m",
+                "--set",
+                "operator.concurrency=3",
+                "--set",
+                "operator.logFormat=text",
+                "--set",
+                "operator.logLevel=debug",
+                "--set",
+                "httpPort=9090",
+            ],
+            |o| {
+                let args = args(o);
+                for flag in [
+                    "--check-interval=10m",
+                    "--verification-poll-interval=5s",
+                    "--session-refresh-margin=2h",
+                    "--provider-timeout=30s",
+                    "--max-backoff=10m",
+                    "--concurrency=3",
+                    "--log-format=text",
+                    "--log-level=debug",
+                    "--http-listen=0.0.0.0:9090",
+                ] {
+                    assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+                }
+                assert_eq!(container(o)["ports"][0]["containerPort"], 9090);
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "leaderElection.enabled=true",
+                "--set",
+                "leaderElection.leaseDuration=30s",
+            ],
+            |o| {
+                let args = args(o);
+                assert!(args.iter().any(|a| a == "--leader-elect"));
+                assert!(args.iter().any(|a| a == "--lease-duration=30s"));
+                assert!(
+                    args.iter()
+                        .any(|a| a == "--lease-name=kpo-keypair-operator")
+                );
+            },
+        ),
+        (
+            vec!["--set-json", r#"extraArgs=["--log-level=trace"]"#],
+            |o| {
+                assert_eq!(
+                    args(o).last().map(String::as_str),
+                    Some("--log-level=trace")
+                );
+            },
+        ),
+        (
+            vec![
+                "--set-json",
+                r#"extraEnv=[{"name":"HTTPS_PROXY","value":"http://proxy:3128"}]"#,
+                "--set-json",
+                r#"volumes=[{"name":"ca","configMap":{"name":"corp-ca"}}]"#,
+                "--set-json",
+                r#"volumeMounts=[{"name":"ca","mountPath":"/etc/ssl/corp","readOnly":true}]"#,
+            ],
+            |o| {
+                let env = container(o)["env"].as_array().expect("env");
+                assert!(env.iter().any(|e| e["name"] == "POD_NAME"));
+                assert!(
+                    env.iter()
+                        .any(|e| e["name"] == "HTTPS_PROXY" && e["value"] == "http://proxy:3128")
+                );
+                assert_eq!(
+                    container(o)["volumeMounts"][0]["mountPath"],
+                    "/etc/ssl/corp"
+                );
+                assert_eq!(
+                    deployment(o)["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"],
+                    "corp-ca"
+                );
+            },
+        ),
+        (vec!["--set", "priorityClassName=keys-critical"], |o| {
+            assert_eq!(
+                deployment(o)["spec"]["template"]["spec"]["priorityClassName"],
+                "keys-critical"
+            );
+        }),
+        (
+            vec![
+                "--set-json",
+                r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"ScheduleAnyway","labelSelector":{"matchLabels":{"app.kubernetes.io/instance":"{{ .Release.Name }}"}}}]"#,
+            ],
+            |o| {
+                let tsc =
+                    &deployment(o)["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
+                assert_eq!(tsc["topologyKey"], "kubernetes.io/hostname");
+                assert_eq!(
+                    tsc["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"], "kpo",
+                    "templated"
+                );
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "securityContext.runAsUser=1000",
+                "--set",
+                "podSecurityContext.fsGroup=2000",
+            ],
+            |o| {
+                let pod = &deployment(o)["spec"]["template"]["spec"];
+                assert_eq!(pod["securityContext"]["fsGroup"], 2000);
+                assert_eq!(
+                    pod["securityContext"]["runAsNonRoot"], true,
+                    "hardened defaults stay"
+                );
+                assert_eq!(
+                    pod["securityContext"]["seccompProfile"]["type"],
+                    "RuntimeDefault"
+                );
+                let sc = &container(o)["securityContext"];
+                assert_eq!(sc["runAsUser"], 1000);
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "hardened defaults stay");
+                assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+            },
+        ),
+        (vec!["--set", "podDisruptionBudget.enabled=true"], |o| {
+            let pdb = of_kind(o, "PodDisruptionBudget")[0];
+            assert_eq!(pdb["spec"]["minAvailable"], 1);
+            assert_eq!(
+                pdb["spec"]["selector"]["matchLabels"],
+                deployment(o)["spec"]["selector"]["matchLabels"]
+            );
+        }),
+        (
+            vec![
+                "--set",
+                "podDisruptionBudget.enabled=true",
+                "--set",
+                "podDisruptionBudget.maxUnavailable=50%",
+            ],
+            |o| {
+                let pdb = of_kind(o, "PodDisruptionBudget")[0];
+                assert_eq!(pdb["spec"]["maxUnavailable"], "50%");
+                assert!(pdb["spec"]["minAvailable"].is_null());
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "podAnnotations.a=b",
+                "--set",
+                "podLabels.c=d",
+                "--set",
+                "nodeSelector.disk=ssd",
+                "--set-json",
+                r#"tolerations=[{"key":"k","operator":"Exists"}]"#,
+                "--set-json",
+                r#"affinity={"nodeAffinity":{}}"#,
+                "--set-json",
+                r#"imagePullSecrets=[{"name":"regcred"}]"#,
+                "--set",
+                "image.pullPolicy=Always",
+                "--set",
+                "resources.limits.memory=256Mi",
+            ],
+            |o| {
+                let template = &deployment(o)["spec"]["template"];
+                assert_eq!(template["metadata"]["annotations"]["a"], "b");
+                assert_eq!(template["metadata"]["labels"]["c"], "d");
+                let pod = &template["spec"];
+                assert_eq!(pod["nodeSelector"]["disk"], "ssd");
+                assert_eq!(pod["tolerations"][0]["key"], "k");
+                assert!(pod["affinity"]["nodeAffinity"].is_object());
+                assert_eq!(pod["imagePullSecrets"][0]["name"], "regcred");
+                assert_eq!(container(o)["imagePullPolicy"], "Always");
+                assert_eq!(container(o)["resources"]["limits"]["memory"], "256Mi");
+            },
+        ),
+        (vec!["--set", "metrics.service.enabled=false"], |o| {
+            assert!(of_kind(o, "Service").is_empty());
+        }),
+        (
+            vec![
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+                "--set",
+                "metrics.serviceMonitor.namespace=monitoring",
+                "--set",
+                "metrics.serviceMonitor.interval=1m",
+                "--set",
+                "metrics.serviceMonitor.scrapeTimeout=10s",
+                "--set",
+                "metrics.serviceMonitor.honorLabels=false",
+                "--set",
+                "metrics.serviceMonitor.labels.release=prom",
+                "--set-json",
+                r#"metrics.serviceMonitor.relabelings=[{"targetLabel":"cluster","replacement":"prod"}]"#,
+                "--set-json",
+                r#"metrics.serviceMonitor.metricRelabelings=[{"sourceLabels":["__name__"],"regex":"go_.*","action":"drop"}]"#,
+            ],
+            |o| {
+                let sm = of_kind(o, "ServiceMonitor")[0];
+                assert_eq!(sm["metadata"]["namespace"], "monitoring");
+                assert_eq!(sm["metadata"]["labels"]["release"], "prom");
+                assert_eq!(
+                    sm["spec"]["namespaceSelector"]["matchNames"],
+                    json!(["ops"])
+                );
+                let endpoint = &sm["spec"]["endpoints"][0];
+                assert_eq!(endpoint["interval"], "1m");
+                assert_eq!(endpoint["scrapeTimeout"], "10s");
+                assert_eq!(endpoint["honorLabels"], false);
+                assert_eq!(endpoint["relabelings"][0]["targetLabel"], "cluster");
+                assert_eq!(endpoint["metricRelabelings"][0]["action"], "drop");
+            },
+        ),
+        (vec!["--set", "metrics.serviceMonitor.enabled=true"], |o| {
+            let endpoint = &of_kind(o, "ServiceMonitor")[0]["spec"]["endpoints"][0];
+            assert_eq!(
+                endpoint["honorLabels"], true,
+                "the key's namespace label is kept"
+            );
+            assert!(endpoint["relabelings"].is_null());
+        }),
+        (
+            vec![
+                "--set",
+                "prometheusRule.enabled=true",
+                "--set",
+                "prometheusRule.namespace=monitoring",
+                "--set",
+                "prometheusRule.labels.release=prom",
+                "--set",
+                "prometheusRule.ruleLabels.team=platform",
+                "--set",
+                "prometheusRule.alerts.keyExpiringSoon.thresholdSeconds=86400",
+                "--set",
+                "prometheusRule.alerts.keyNotReady.for=30m",
+                "--set",
+                "prometheusRule.alerts.keyNotReady.severity=critical",
+                "--set",
+                "prometheusRule.alerts.reconcileErrors.ratio=0.25",
+                "--set",
+                "prometheusRule.alerts.noLeader.enabled=false",
+            ],
+            |o| {
+                let rule = of_kind(o, "PrometheusRule")[0];
+                assert_eq!(rule["metadata"]["namespace"], "monitoring");
+                assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+                let rules = rule["spec"]["groups"][0]["rules"]
+                    .as_array()
+                    .expect("rules");
+                let alert = |name: &str| rules.iter().find(|r| r["alert"] == name);
+                assert!(alert("KeyPairOperatorNoLeader").is_none(), "disabled");
+                assert_eq!(rules.len(), 7);
+                for rule in rules {
+                    assert_eq!(rule["labels"]["team"], "platform", "{rule}");
+                }
+                let expiring = alert("KeyPairExpiringSoon").expect("alert");
+                assert!(
+                    expiring["expr"]
+                        .as_str()
+                        .is_some_and(|e| e.ends_with("< 86400"))
+                );
+                let not_ready = alert("KeyPairNotReady").expect("alert");
+                assert_eq!(not_ready["for"], "30m");
+                assert_eq!(not_ready["labels"]["severity"], "critical");
+                let errors = alert("KeyPairOperatorReconcileErrors").expect("alert");
+                assert!(
+                    errors["expr"]
+                        .as_str()
+                        .is_some_and(|e| e.trim_end().ends_with("> 0.25"))
+                );
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "grafanaDashboard.enabled=true",
+                "--set",
+                "grafanaDashboard.namespace=monitoring",
+                "--set",
+                "grafanaDashboard.label=dashboards",
+                "--set",
+                "grafanaDashboard.labelValue=keys",
+                "--set",
+                "grafanaDashboard.annotations.grafana_folder=Operators",
+            ],
+            |o| {
+                let cm = of_kind(o, "ConfigMap")[0];
+                assert_eq!(cm["metadata"]["namespace"], "monitoring");
+                assert_eq!(cm["metadata"]["labels"]["dashboards"], "keys");
+                assert!(cm["metadata"]["labels"]["grafana_dashboard"].is_null());
+                assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Operators");
+            },
+        ),
+        (vec!["--set", "grafanaDashboard.enabled=true"], |o| {
+            let cm = of_kind(o, "ConfigMap")[0];
+            assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+            let shipped =
+                std::fs::read_to_string(chart().join("files/dashboards/keypair-operator.json"))
+                    .expect("dashboard");
+            let data = cm["data"]["keypair-operator.json"].as_str().expect("data");
+            assert_eq!(
+                serde_json::from_str::<Value>(data).expect("JSON"),
+                serde_json::from_str::<Value>(&shipped).expect("JSON")
+            );
+        }),
+        (
+            vec![
+                "--set",
+                "networkPolicy.enabled=true",
+                "--set",
+                "networkPolicy.metricsFrom.matchLabels.name=monitoring",
+            ],
+            |o| {
+                let np = of_kind(o, "NetworkPolicy")[0];
+                assert_eq!(
+                    np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["name"],
+                    "monitoring"
+                );
+            },
+        ),
+        (
+            vec![
+                "--set",
+                "global.imageRegistry=r.example",
+                "--set",
+                "global.anything.else=1",
+            ],
+            |o| {
+                assert_eq!(
+                    of_kind(o, "Deployment").len(),
+                    1,
+                    "a parent chart's globals are accepted"
+                );
+            },
+        ),
+    ];
+    for (args, check) in table {
+        let objects = render(&args)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        check(&objects);
+    }
+}
+
+/// `helm lint --strict` with every optional object switched on.
+#[tokio::test]
+async fn chart_lints_with_everything_enabled() {
+    let helm = helm().await;
+    let chart = chart();
+    let mut args = vec!["lint", chart.to_str().expect("path"), "--strict"];
+    for set in EVERYTHING {
+        args.extend(["--set", set]);
+    }
+    let (ok, out, err) = run(&helm, &args);
+    assert!(ok, "{out}{err}");
+}
+
+/// Non-default values of every kind (the install test adds what needs the cluster).
+const EVERYTHING: [&str; 15] = [
+    "podDisruptionBudget.enabled=true",
+    "podDisruptionBudget.maxUnavailable=1",
+    "metrics.serviceMonitor.enabled=true",
+    "prometheusRule.enabled=true",
+    "prometheusRule.ruleLabels.team=platform",
+    "grafanaDashboard.enabled=true",
+    "networkPolicy.enabled=true",
+    "commonLabels.team=platform",
+    "fullnameOverride=keys-operator",
+    "replicaCount=2",
+    "operator.providerTimeout=20s",
+    "operator.sessionRefreshMargin=2h",
+    "operator.maxBackoff=2m",
+    "securityContext.runAsUser=1001",
+    "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+];
+
+/// Installs CRDs of the Prometheus Operator kinds the chart can create (schema-less
+/// stand-ins; the test cluster has no Prometheus Operator), once per cluster.
+async fn install_monitoring_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    for (kind, plural) in [
+        ("ServiceMonitor", "servicemonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    ] {
+        let name = format!("{plural}.monitoring.coreos.com");
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": name},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
+            }
+        }))
+        .expect("CRD");
+        api.patch(
+            &name,
+            &PatchParams::apply("keypair-operator-helm-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+        common::wait_for(
+            &format!("{name} Established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = api.get(&name).await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// The chart installs on the real API server with every kind of non-default value, and
+/// what the API server stores is what the values asked for.
+#[tokio::test]
+async fn the_chart_installs_with_non_default_values() {
+    let client = common::client_with_crds().await;
+    install_monitoring_crds(&client).await;
+    let ops = common::test_namespace(&client, "helm-values").await;
+    // A PriorityClass and a ServiceAccount made outside the chart.
+    let priority = format!("{ops}-critical");
+    kube::Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(client.clone())
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": priority}, "value": 1000000}))
+                .expect("PriorityClass"),
+        )
+        .await
+        .expect("create PriorityClass");
+    kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &ops)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "existing-sa"}}))
+                .expect("ServiceAccount"),
+        )
+        .await
+        .expect("create ServiceAccount");
+    let admin = common::kubeconfig_path().await;
+    let name = format!("kpv-{}", &ops[ops.len() - 8..]);
+    let fullname = format!("{name}-keys");
+    let values = json!({
+        "crds": {"enabled": false},
+        "fullnameOverride": fullname,
+        "commonLabels": {"team": "platform"},
+        "replicaCount": 2,
+        "image": {"repository": "r.example/kpo", "digest": "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"},
+        "serviceAccount": {"create": false, "name": "existing-sa"},
+        "operator": {"checkInterval": "10m", "verificationPollInterval": "5s", "sessionRefreshMargin": "2h",
+                     "providerTimeout": "20s", "maxBackoff": "2m", "concurrency": 4, "logFormat": "text", "logLevel": "debug"},
+        "extraArgs": ["--log-level=info"],
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example:3128"}],
+        "volumes": [{"name": "ca", "configMap": {"name": "corp-ca", "optional": true}}],
+        "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": true}],
+        "priorityClassName": priority,
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "{{ .Release.Name }}"}}}],
+        "podSecurityContext": {"fsGroup": 65532},
+        "securityContext": {"runAsUser": 65533},
+        "podDisruptionBudget": {"enabled": true, "maxUnavailable": 1},
+        "metrics": {"serviceMonitor": {"enabled": true, "honorLabels": false, "labels": {"release": "prom"},
+            "relabelings": [{"targetLabel": "cluster", "replacement": "test"}],
+            "metricRelabelings": [{"sourceLabels": ["__name__"], "regex": "go_.*", "action": "drop"}]}},
+        "prometheusRule": {"enabled": true, "ruleLabels": {"team": "platform"},
+            "alerts": {"keyExpiringSoon": {"enabled": true, "thresholdSeconds": 86400, "for": "2h", "severity": "critical"}}},
+        "grafanaDashboard": {"enabled": true, "labelValue": "keys"},
+        "networkPolicy": {"enabled": true, "metricsFrom": {"matchLabels": {"name": "monitoring"}}},
+        "global": {"imageRegistry": "r.example"}
+    });
+    let values_file = tempdir(&ops).join("values.yaml");
+    std::fs::write(&values_file, serde_yaml::to_string(&values).expect("YAML"))
+        .expect("write values");
+    let chart = chart();
+    let (ok, out, err) = run(
+        &helm().await,
+        &[
+            "install",
+            &name,
+            chart.to_str().expect("path"),
+            "--namespace",
+            &ops,
+            "--kubeconfig",
+            admin.to_str().expect("path"),
+            "--values",
+            values_file.to_str().expect("path"),
+        ],
+    );
+    assert!(ok, "helm install: {out}{err}");
+
+    // What the API server stores.
+    let get = |kind: &str| {
+        let (ok, out, err) = kubectl(
+            &admin,
+            &[
+                "-n",
+                &ops,
+                "get",
+                kind,
+                "-l",
+                &format!("app.kubernetes.io/instance={name}"),
+                "-o",
+                "json",
+            ],
+        );
+        assert!(ok, "kubectl get {kind}: {err}");
+        let list: Value = serde_json::from_str(&out).expect("JSON");
+        list["items"].as_array().cloned().unwrap_or_default()
+    };
+    let deployments = get("deployments");
+    assert_eq!(deployments.len(), 1);
+    let d = &deployments[0];
+    assert_eq!(d["metadata"]["name"], fullname.as_str());
+    assert_eq!(d["metadata"]["labels"]["team"], "platform");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "existing-sa");
+    assert_eq!(pod["priorityClassName"], priority.as_str());
+    assert_eq!(
+        pod["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        name.as_str()
+    );
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "corp-ca");
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["image"],
+        "r.example/kpo@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(c["securityContext"]["runAsUser"], 65533);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/etc/ssl/corp");
+    assert!(
+        c["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v["name"] == "HTTPS_PROXY"))
+    );
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for flag in [
+        "--provider-timeout=20s",
+        "--session-refresh-margin=2h",
+        "--max-backoff=2m",
+        "--concurrency=4",
+        "--leader-elect",
+        "--log-level=info",
+    ] {
+        assert!(args.contains(&flag), "{flag} in {args:?}");
+    }
+    assert!(
+        get("serviceaccounts").is_empty(),
+        "serviceAccount.create=false"
+    );
+    let pdbs = get("poddisruptionbudgets");
+    assert_eq!(pdbs.len(), 1);
+    assert_eq!(pdbs[0]["spec"]["maxUnavailable"], 1);
+    let monitors = get("servicemonitors.monitoring.coreos.com");
+    assert_eq!(monitors[0]["spec"]["endpoints"][0]["honorLabels"], false);
+    assert_eq!(
+        monitors[0]["spec"]["endpoints"][0]["relabelings"][0]["replacement"],
+        "test"
+    );
+    let rules = get("prometheusrules.monitoring.coreos.com");
+    let rendered = &rules[0]["spec"]["groups"][0]["rules"];
+    assert!(
+        rendered
+            .as_array()
+            .is_some_and(|r| r.len() == 8 && r.iter().all(|r| r["labels"]["team"] == "platform"))
+    );
+    let dashboards = get("configmaps");
+    assert_eq!(dashboards.len(), 1);
+    assert_eq!(
+        dashboards[0]["metadata"]["labels"]["grafana_dashboard"],
+        "keys"
+    );
+    assert_eq!(get("networkpolicies").len(), 1);
+    assert_eq!(get("services").len(), 1);
+    // The chart's RBAC binds the ServiceAccount it was given.
+    let (ok, answer, _) = kubectl(
+        &admin,
+        &[
+            "auth",
+            "can-i",
+            "watch",
+            "apikeypairs.keypairs.dev",
+            "--all-namespaces",
+            "--as",
+            &format!("system:serviceaccount:{ops}:existing-sa"),
+        ],
+    );
+    assert!(ok && answer.trim() == "yes", "{answer}");
+
+    let (ok, out, err) = run(
+        &helm().await,
+        &[
+            "uninstall",
+            &name,
+            "--namespace",
+            &ops,
+            "--kubeconfig",
+            admin.to_str().expect("path"),
+        ],
+    );
+    assert!(ok, "helm uninstall: {out}{err}");
+    let _ = kube::Api::<k8s_openapi::api::scheduling::v1::PriorityClass>::all(client)
+        .delete(&priority, &Default::default())
+        .await;
+}
+
+/// The rules the chart ships, as a Prometheus rule file (`groups:`).
+async fn shipped_rules(set: &[&str]) -> Value {
+    let mut args = vec!["--set", "prometheusRule.enabled=true"];
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    let objects = render(&args).await.expect("render");
+    let rule = of_kind(&objects, "PrometheusRule")[0];
+    json!({"groups": rule["spec"]["groups"]})
+}
+
+/// `promtool test rules` over the shipped rules and tests/prometheus/alerts.test.yaml.
+#[tokio::test]
+async fn alerts_fire_on_synthetic_series_as_promtool_tests_say() {
+    let dir = tempdir("promtool");
+    let rules = shipped_rules(&[]).await;
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_yaml::to_string(&rules).expect("YAML"),
+    )
+    .expect("write rules");
+    std::fs::copy(
+        root().join("tests/prometheus/alerts.test.yaml"),
+        dir.join("alerts.test.yaml"),
+    )
+    .expect("copy the promtool tests");
+    let promtool = |args: &[&str]| match Command::new("promtool")
+        .args(args)
+        .current_dir(&dir)
+        .output()
+    {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "`promtool` is not installed; install the Debian package `prometheus` \
+             (apt-get install --no-install-recommends prometheus; scripts/test.sh does this)"
+        ),
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    let (ok, out) = promtool(&["check", "rules", "rules.yaml"]);
+    assert!(ok, "{out}");
+    let (ok, out) = promtool(&["test", "rules", "alerts.test.yaml"]);
+    assert!(ok, "{out}");
+    // Every shipped alert has a test case.
+    let tests = std::fs::read_to_string(dir.join("alerts.test.yaml")).expect("read");
+    for rule in rules["groups"][0]["rules"].as_array().expect("rules") {
+        let alert = rule["alert"].as_str().expect("alert name");
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no promtool test case"
+        );
+    }
+}
+
+/// Every `keypair_operator_*` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("keypair_operator_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every sample name the operator exports, with every family populated.
+fn exported_names() -> std::collections::BTreeSet<String> {
+    use keypair_operator::telemetry::{KeyPairFigures, KeyPairLabels, Metrics, ProviderLabels};
+    let m = Metrics::new();
+    m.reconciled("apikeypair", false, Duration::from_millis(3));
+    m.provider_call("datonis", "list", "ok", Duration::from_millis(3));
+    m.key_pair(
+        KeyPairLabels {
+            namespace: "a".into(),
+            name: "b".into(),
+            provider_kind: "KeyPairProvider".into(),
+            provider_name: "p".into(),
+        },
+        KeyPairFigures {
+            expires_at: Some(1),
+            renews_at: Some(1),
+            ready: true,
+            renewal_overdue: false,
+            awaiting_verification: false,
+        },
+    );
+    m.provider_status(
+        ProviderLabels {
+            provider_kind: "KeyPairProvider".into(),
+            namespace: "a".into(),
+            provider_name: "p".into(),
+            provider: "threatwinds",
+        },
+        true,
+        Some(1),
+    );
+    m.set_leader(true);
+    m.encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The alerts and the dashboard use only metrics the operator exports.
+#[tokio::test]
+async fn alerts_and_dashboard_use_only_exported_metrics() {
+    let exported = exported_names();
+    assert!(exported.contains("keypair_operator_provider_request_duration_seconds_bucket"));
+    let rules = serde_json::to_string(&shipped_rules(&[]).await).expect("JSON");
+    let dashboard = std::fs::read_to_string(chart().join("files/dashboards/keypair-operator.json"))
+        .expect("dashboard");
+    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is valid JSON");
+    assert_eq!(parsed["uid"], "keypair-operator");
+    let panels = parsed["panels"].as_array().expect("panels");
+    let mut exprs = 0;
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        assert!(
+            panel["title"].is_string() && panel["gridPos"].is_object(),
+            "{panel}"
+        );
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            assert!(!metric_names(expr).is_empty(), "{expr}");
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 10, "{exprs} queries");
+    for (what, text) in [("rules", &rules), ("dashboard", &dashboard)] {
+        let used = metric_names(text);
+        assert!(!used.is_empty(), "{what} use no metric");
+        let unknown: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} use metrics the operator does not export: {unknown:?} (exported: {exported:?})"
+        );
+    }
+    // Every per-object gauge appears in the dashboard.
+    for gauge in [
+        "keypair_operator_ready",
+        "keypair_operator_expiration_timestamp_seconds",
+        "keypair_operator_awaiting_verification",
+        "keypair_operator_provider_ready",
+        "keypair_operator_provider_session_expiration_timestamp_seconds",
+    ] {
+        assert!(
+            metric_names(&dashboard).contains(gauge),
+            "{gauge} not on the dashboard"
+        );
+    }
 }

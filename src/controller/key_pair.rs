@@ -22,7 +22,7 @@ use super::plan::{self, Deletion};
 use super::state::owned_key_ids;
 use super::{Context, Error, FINALIZER, MANAGER, RESTARTED_AT_ANNOTATION, Scope, secret};
 use crate::crd::{ApiKeyPair, ApiKeyPairStatus, RolloutRestartTarget, SecretKeyRef, WorkloadKind};
-use crate::telemetry::KeyPairFigures;
+use crate::telemetry::{KeyPairFigures, KeyPairLabels};
 
 /// kube-runtime's reconcile entry point for `ApiKeyPair`.
 pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -130,7 +130,8 @@ async fn report_alone(
     }
 }
 
-/// Exports a key pair's expiry, renewal and readiness as gauges.
+/// Exports a key pair's expiry, renewal, readiness and verification as gauges, labelled
+/// with the provider resource its key lives at.
 fn record_gauges(ctx: &Context, akp: &ApiKeyPair, status: &ApiKeyPairStatus) {
     use crate::conditions::{self, READY, reason};
     let time = |t: &Option<String>| {
@@ -139,14 +140,27 @@ fn record_gauges(ctx: &Context, akp: &ApiKeyPair, status: &ApiKeyPairStatus) {
             .map(|t| t.timestamp())
     };
     let ready = conditions::find(&status.conditions, READY);
+    let ready_reason_is =
+        |reasons: &[&str]| ready.is_some_and(|c| reasons.contains(&c.reason.as_str()));
     let figures = KeyPairFigures {
         expires_at: time(&status.expire_at),
         renews_at: time(&status.renewal_time),
         ready: ready.is_some_and(|c| c.status == conditions::status::TRUE),
-        renewal_overdue: ready.is_some_and(|c| c.reason == reason::RENEWAL_AWAITING_VERIFICATION),
+        renewal_overdue: ready_reason_is(&[reason::RENEWAL_AWAITING_VERIFICATION]),
+        awaiting_verification: ready_reason_is(&[
+            reason::AWAITING_VERIFICATION_CODE,
+            reason::VERIFICATION_CODE_MISSING,
+            reason::VERIFICATION_CODE_REJECTED,
+        ]),
     };
-    let namespace = akp.namespace().unwrap_or_default();
-    ctx.metrics.key_pair(&namespace, &akp.name_any(), figures);
+    let provider = plan::provider_ref_in_use(akp);
+    let labels = KeyPairLabels {
+        namespace: akp.namespace().unwrap_or_default(),
+        name: akp.name_any(),
+        provider_kind: super::providers::kind_label(provider.kind).to_owned(),
+        provider_name: provider.name.clone(),
+    };
+    ctx.metrics.key_pair(labels, figures);
 }
 
 /// The [`Cluster`] port over the API server, for one `ApiKeyPair`.

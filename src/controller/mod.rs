@@ -571,10 +571,22 @@ const PROVIDER_BUFFER: usize = 256;
 /// two subscriptions (provider controller, `ApiKeyPair` controller).
 fn provider_watch<P: providers::ProviderResource>(
     watch: impl FnOnce(Store<P>) -> watch::Events<P>,
+    kind: ProviderRefKind,
+    metrics: Arc<Metrics>,
 ) -> Option<ProviderWatch<P>> {
     let (store, writer) = reflector::store_shared(PROVIDER_BUFFER);
     let subscriptions = [writer.subscribe()?.boxed(), writer.subscribe()?.boxed()];
     let task = watch(store.clone())
+        .inspect(move |event| {
+            // A deleted provider's gauges go with it.
+            if let Ok(watcher::Event::Delete(provider)) = event {
+                let (namespace, name) = (
+                    provider.namespace().unwrap_or_default(),
+                    provider.name_any(),
+                );
+                metrics.forget_provider(providers::kind_label(kind), &namespace, &name);
+            }
+        })
         .reflect_shared(writer)
         .for_each(|event| async move {
             if let Err(error) = event {
@@ -592,11 +604,20 @@ pub async fn run(
 ) {
     let scope = options.scope.unwrap_or(Scope::All);
     let all = watcher::Config::default();
-    let namespaced = provider_watch(|store| watch::scoped(&client, &scope, &all, store));
-    let cluster = provider_watch(|_| {
-        let api = kube::Api::<ClusterKeyPairProvider>::all(client.clone());
-        watcher(api, all.clone()).default_backoff().boxed()
-    });
+    let metrics = options.metrics.clone();
+    let namespaced = provider_watch(
+        |store| watch::scoped(&client, &scope, &all, store),
+        ProviderRefKind::KeyPairProvider,
+        metrics.clone(),
+    );
+    let cluster = provider_watch(
+        |_| {
+            let api = kube::Api::<ClusterKeyPairProvider>::all(client.clone());
+            watcher(api, all.clone()).default_backoff().boxed()
+        },
+        ProviderRefKind::ClusterKeyPairProvider,
+        metrics,
+    );
     let (Some(namespaced), Some(cluster)) = (namespaced, cluster) else {
         warn!("cannot subscribe to the provider watches");
         return;

@@ -34,7 +34,7 @@ use crate::provider::{
     HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RateLimiter, RemoteKeyPair,
     ThreatWindsClient, UpdateKeyPair,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, ProviderLabels};
 
 /// What both provider kinds have in common for the controllers.
 pub trait ProviderResource:
@@ -99,6 +99,29 @@ impl ProviderResource for ClusterKeyPairProvider {
     }
 }
 
+/// The `provider_kind` label of the metrics: the provider resource's kind.
+pub fn kind_label(kind: ProviderRefKind) -> &'static str {
+    match kind {
+        ProviderRefKind::KeyPairProvider => "KeyPairProvider",
+        ProviderRefKind::ClusterKeyPairProvider => "ClusterKeyPairProvider",
+    }
+}
+
+/// The labels of a provider resource's gauges.
+fn provider_labels<P: ProviderResource>(provider: &P, kind: ProviderRefKind) -> ProviderLabels {
+    let connection = provider.connection();
+    ProviderLabels {
+        provider_kind: kind_label(kind).to_owned(),
+        namespace: provider.namespace().unwrap_or_default(),
+        provider_name: provider.name_any(),
+        provider: match (&connection.threatwinds, &connection.datonis) {
+            (Some(_), None) => ProviderKind::Threatwinds.as_str(),
+            (None, Some(_)) => ProviderKind::Datonis.as_str(),
+            _ => "",
+        },
+    }
+}
+
 /// A concrete provider client (ThreatWinds sessions need the concrete type).
 #[derive(Clone)]
 pub enum Backend {
@@ -140,13 +163,14 @@ impl ProviderHandle {
         operation: &'static str,
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
+        let started = std::time::Instant::now();
         let result = call.await;
         if let Err(ProviderError::Unauthorized { .. }) = &result {
             self.credentials_suspect.store(true, Ordering::Relaxed);
         }
         let status = result.as_ref().map_or_else(ProviderError::class, |_| "ok");
         self.metrics
-            .provider_call(self.kind().as_str(), operation, status);
+            .provider_call(self.kind().as_str(), operation, status, started.elapsed());
         result
     }
 
@@ -880,6 +904,15 @@ async fn reconcile_provider<P: ProviderResource>(
     } else {
         previous.session_expire_at.clone()
     });
+    ctx.registry.metrics.provider_status(
+        provider_labels(provider.as_ref(), kind),
+        now_ready,
+        status
+            .session_expire_at
+            .as_deref()
+            .and_then(super::plan::parse_time)
+            .map(|t| t.timestamp()),
+    );
     if status != previous {
         let api = provider.api_for(ctx.client.clone());
         let patch = serde_json::json!({ "status": status });

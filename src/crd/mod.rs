@@ -72,7 +72,7 @@ pub fn all_crds_yaml() -> Result<String, serde_yaml::Error> {
 }
 
 /// Every CRD as `(file name, YAML)`, one file per CRD named `<plural>.<group>.yaml`:
-/// the layout of `crds/` and of the Helm chart's `crds/`.
+/// the layout of `crds/` and of the Helm chart's `files/crds/`.
 pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
     all_crds()
         .into_iter()

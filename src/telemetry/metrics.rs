@@ -1,6 +1,16 @@
-//! Prometheus metrics (prometheus-client): reconciles, their duration, provider calls,
-//! per-`ApiKeyPair` expiry and readiness, and leadership. One [`Metrics`] per process.
+//! Prometheus metrics (prometheus-client): reconciles and their duration, provider calls
+//! and their latency, per-`ApiKeyPair` expiry, renewal, readiness and verification (labelled
+//! with the provider resource they use), per-provider readiness and ThreatWinds session
+//! expiry, and leadership. One [`Metrics`] per process.
+//!
+//! Per-object series belong to the leader: they are removed when the object is deleted and
+//! all at once when this instance stops leading, so a standby never exports stale figures.
+//! The alerts (`charts/keypair-operator/templates/prometheusrule.yaml`) and the dashboard
+//! (`charts/keypair-operator/files/dashboards/`) use only the names registered here; the
+//! tests check that.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
@@ -47,6 +57,15 @@ pub struct KubeRequestLabels {
     pub resource: String,
 }
 
+/// Labels of the provider request latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLatencyLabels {
+    /// `threatwinds` or `datonis`.
+    pub provider: &'static str,
+    /// The trait operation (`create`, `get`, `list`, ...).
+    pub operation: &'static str,
+}
+
 /// Labels of the per-`ApiKeyPair` gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyPairLabels {
@@ -54,7 +73,26 @@ pub struct KeyPairLabels {
     pub namespace: String,
     /// Name of the `ApiKeyPair`.
     pub name: String,
+    /// Kind of the provider resource it uses: `KeyPairProvider` or `ClusterKeyPairProvider`.
+    pub provider_kind: String,
+    /// Name of the provider resource it uses.
+    pub provider_name: String,
 }
+
+/// Labels of the per-provider gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// `KeyPairProvider` or `ClusterKeyPairProvider`.
+    pub provider_kind: String,
+    /// Namespace of a `KeyPairProvider`; empty for a `ClusterKeyPairProvider`.
+    pub namespace: String,
+    /// Name of the provider resource.
+    pub provider_name: String,
+    /// `threatwinds` or `datonis` (empty when the spec names neither).
+    pub provider: &'static str,
+}
+
+type IntGauges<L> = Family<L, Gauge<i64, AtomicI64>>;
 
 /// Every metric the operator exports.
 pub struct Metrics {
@@ -62,12 +100,20 @@ pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
     provider_requests: Family<ProviderCallLabels, Counter>,
-    expiration: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
-    renewal: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
-    renewal_overdue: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
-    ready: Family<KeyPairLabels, Gauge<i64, AtomicI64>>,
+    provider_request_duration: Family<ProviderLatencyLabels, Histogram>,
+    expiration: IntGauges<KeyPairLabels>,
+    renewal: IntGauges<KeyPairLabels>,
+    renewal_overdue: IntGauges<KeyPairLabels>,
+    awaiting_verification: IntGauges<KeyPairLabels>,
+    ready: IntGauges<KeyPairLabels>,
+    provider_ready: IntGauges<ProviderLabels>,
+    session_expiration: IntGauges<ProviderLabels>,
     leader: Gauge<i64, AtomicI64>,
     kube_requests: Family<KubeRequestLabels, Counter>,
+    /// The labels each `ApiKeyPair` (namespace, name) was last exported with.
+    key_pairs: Mutex<HashMap<(String, String), KeyPairLabels>>,
+    /// The labels each provider (kind, namespace, name) was last exported with.
+    providers: Mutex<HashMap<(String, String, String), ProviderLabels>>,
 }
 
 /// What the gauges of one `ApiKeyPair` show.
@@ -81,6 +127,8 @@ pub struct KeyPairFigures {
     pub ready: bool,
     /// Whether the renewal time passed and the renewal key still waits for its code.
     pub renewal_overdue: bool,
+    /// Whether its (first) key pair waits for its emailed verification code.
+    pub awaiting_verification: bool,
 }
 
 impl Default for Metrics {
@@ -114,29 +162,48 @@ impl Metrics {
             "Calls to remote key-pair APIs by provider, operation and outcome",
             provider_requests.clone(),
         );
-        let expiration = Family::<KeyPairLabels, Gauge<i64, AtomicI64>>::default();
+        let provider_request_duration =
+            Family::<ProviderLatencyLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 12))
+            });
         registry.register(
+            "provider_request_duration_seconds",
+            "Duration of calls to remote key-pair APIs by provider and operation (retries and rate-limit waits included)",
+            provider_request_duration.clone(),
+        );
+        let mut gauge = |name: &str, help: &str| {
+            let family = IntGauges::<KeyPairLabels>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let expiration = gauge(
             "expiration_timestamp_seconds",
             "When the key pair of each ApiKeyPair expires (unix seconds)",
-            expiration.clone(),
         );
-        let renewal = Family::<KeyPairLabels, Gauge<i64, AtomicI64>>::default();
-        registry.register(
+        let renewal = gauge(
             "renewal_timestamp_seconds",
             "When the key pair of each ApiKeyPair is renewed (unix seconds)",
-            renewal.clone(),
         );
-        let renewal_overdue = Family::<KeyPairLabels, Gauge<i64, AtomicI64>>::default();
-        registry.register(
+        let renewal_overdue = gauge(
             "renewal_awaiting_verification",
             "1 when the renewal time passed and the renewal key still waits for its emailed code (alert before the key in use expires)",
-            renewal_overdue.clone(),
         );
-        let ready = Family::<KeyPairLabels, Gauge<i64, AtomicI64>>::default();
+        let awaiting_verification = gauge(
+            "awaiting_verification",
+            "1 while the key pair of an ApiKeyPair waits for its emailed verification code",
+        );
+        let ready = gauge("ready", "Whether each ApiKeyPair is Ready (1) or not (0)");
+        let provider_ready = IntGauges::<ProviderLabels>::default();
         registry.register(
-            "ready",
-            "Whether each ApiKeyPair is Ready (1) or not (0)",
-            ready.clone(),
+            "provider_ready",
+            "Whether each provider resource is Ready (1: its credentials work) or not (0)",
+            provider_ready.clone(),
+        );
+        let session_expiration = IntGauges::<ProviderLabels>::default();
+        registry.register(
+            "provider_session_expiration_timestamp_seconds",
+            "When the ThreatWinds session of each provider resource expires (unix seconds)",
+            session_expiration.clone(),
         );
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register(
@@ -156,11 +223,17 @@ impl Metrics {
             reconciles,
             reconcile_duration,
             provider_requests,
+            provider_request_duration,
             expiration,
             renewal,
             renewal_overdue,
+            awaiting_verification,
             ready,
+            provider_ready,
+            session_expiration,
             leader,
+            key_pairs: Mutex::default(),
+            providers: Mutex::default(),
         }
     }
 
@@ -184,12 +257,13 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Records one provider call.
+    /// Records one provider call: its outcome and how long it took.
     pub fn provider_call(
         &self,
         provider: &'static str,
         operation: &'static str,
         status: &'static str,
+        took: Duration,
     ) {
         self.provider_requests
             .get_or_create(&ProviderCallLabels {
@@ -198,48 +272,125 @@ impl Metrics {
                 status,
             })
             .inc();
+        self.provider_request_duration
+            .get_or_create(&ProviderLatencyLabels {
+                provider,
+                operation,
+            })
+            .observe(took.as_secs_f64());
     }
 
-    /// Sets the gauges of one `ApiKeyPair`.
-    pub fn key_pair(&self, namespace: &str, name: &str, figures: KeyPairFigures) {
-        let labels = KeyPairLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        let set =
-            |family: &Family<KeyPairLabels, Gauge<i64, AtomicI64>>, value: Option<i64>| match value
-            {
-                Some(v) => {
-                    family.get_or_create(&labels).set(v);
-                }
-                None => {
-                    family.remove(&labels);
-                }
-            };
-        set(&self.expiration, figures.expires_at);
-        set(&self.renewal, figures.renews_at);
+    /// Sets the gauges of one `ApiKeyPair` (replacing its series if its labels changed).
+    pub fn key_pair(&self, labels: KeyPairLabels, figures: KeyPairFigures) {
+        let id = (labels.namespace.clone(), labels.name.clone());
+        if let Ok(mut known) = self.key_pairs.lock()
+            && let Some(previous) = known.insert(id, labels.clone())
+            && previous != labels
+        {
+            self.remove_key_pair(&previous);
+        }
+        set(&self.expiration, &labels, figures.expires_at);
+        set(&self.renewal, &labels, figures.renews_at);
         set(
             &self.renewal_overdue,
+            &labels,
             Some(i64::from(figures.renewal_overdue)),
         );
-        set(&self.ready, Some(i64::from(figures.ready)));
+        set(
+            &self.awaiting_verification,
+            &labels,
+            Some(i64::from(figures.awaiting_verification)),
+        );
+        set(&self.ready, &labels, Some(i64::from(figures.ready)));
+    }
+
+    fn remove_key_pair(&self, labels: &KeyPairLabels) {
+        for family in [
+            &self.expiration,
+            &self.renewal,
+            &self.renewal_overdue,
+            &self.awaiting_verification,
+            &self.ready,
+        ] {
+            family.remove(labels);
+        }
     }
 
     /// Forgets a deleted `ApiKeyPair`.
     pub fn forget_key_pair(&self, namespace: &str, name: &str) {
-        let labels = KeyPairLabels {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        };
-        self.expiration.remove(&labels);
-        self.renewal.remove(&labels);
-        self.renewal_overdue.remove(&labels);
-        self.ready.remove(&labels);
+        let id = (namespace.to_owned(), name.to_owned());
+        let known = self.key_pairs.lock().ok().and_then(|mut k| k.remove(&id));
+        if let Some(labels) = known {
+            self.remove_key_pair(&labels);
+        }
     }
 
-    /// Sets whether this instance leads.
+    /// Sets the gauges of one provider resource: whether it is Ready, and when its
+    /// ThreatWinds session expires (none for Datonis, or when unknown).
+    pub fn provider_status(
+        &self,
+        labels: ProviderLabels,
+        ready: bool,
+        session_expires_at: Option<i64>,
+    ) {
+        let id = (
+            labels.provider_kind.clone(),
+            labels.namespace.clone(),
+            labels.provider_name.clone(),
+        );
+        if let Ok(mut known) = self.providers.lock()
+            && let Some(previous) = known.insert(id, labels.clone())
+            && previous != labels
+        {
+            self.provider_ready.remove(&previous);
+            self.session_expiration.remove(&previous);
+        }
+        set(&self.provider_ready, &labels, Some(i64::from(ready)));
+        set(&self.session_expiration, &labels, session_expires_at);
+    }
+
+    /// Forgets a deleted provider resource.
+    pub fn forget_provider(&self, provider_kind: &str, namespace: &str, provider_name: &str) {
+        let id = (
+            provider_kind.to_owned(),
+            namespace.to_owned(),
+            provider_name.to_owned(),
+        );
+        let known = self.providers.lock().ok().and_then(|mut k| k.remove(&id));
+        if let Some(labels) = known {
+            self.provider_ready.remove(&labels);
+            self.session_expiration.remove(&labels);
+        }
+    }
+
+    /// Forgets every per-object series (key pairs and providers).
+    pub fn clear_objects(&self) {
+        if let Ok(mut known) = self.key_pairs.lock() {
+            known.clear();
+        }
+        if let Ok(mut known) = self.providers.lock() {
+            known.clear();
+        }
+        for family in [
+            &self.expiration,
+            &self.renewal,
+            &self.renewal_overdue,
+            &self.awaiting_verification,
+            &self.ready,
+        ] {
+            family.clear();
+        }
+        self.provider_ready.clear();
+        self.session_expiration.clear();
+    }
+
+    /// Sets whether this instance leads. Losing the lead clears every per-object series:
+    /// the new leader exports them, and a standby must not keep stale ones.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+        if !leader {
+            self.clear_objects();
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -252,37 +403,133 @@ impl Metrics {
     }
 }
 
+/// Sets `labels`'s gauge in `family` to `value`, or removes it when there is none.
+fn set<L>(family: &IntGauges<L>, labels: &L, value: Option<i64>)
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    match value {
+        Some(v) => {
+            family.get_or_create(labels).set(v);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn web(provider_name: &str) -> KeyPairLabels {
+        KeyPairLabels {
+            namespace: "apps".into(),
+            name: "web".into(),
+            provider_kind: "KeyPairProvider".into(),
+            provider_name: provider_name.into(),
+        }
+    }
+
+    fn tw() -> ProviderLabels {
+        ProviderLabels {
+            provider_kind: "ClusterKeyPairProvider".into(),
+            namespace: String::new(),
+            provider_name: "tw".into(),
+            provider: "threatwinds",
+        }
+    }
+
+    const FIGURES: KeyPairFigures = KeyPairFigures {
+        expires_at: Some(1_900_000_000),
+        renews_at: Some(1_800_000_000),
+        ready: true,
+        renewal_overdue: true,
+        awaiting_verification: false,
+    };
+
     #[test]
-    fn metrics_encode_with_the_expected_names() {
+    fn metrics_encode_with_the_expected_names_and_labels() {
         let m = Metrics::new();
         m.reconciled("apikeypair", true, Duration::from_millis(12));
-        m.provider_call("threatwinds", "create", "ok");
-        let figures = KeyPairFigures {
-            expires_at: Some(1_900_000_000),
-            renews_at: Some(1_800_000_000),
-            ready: true,
-            renewal_overdue: true,
-        };
-        m.key_pair("apps", "web", figures);
+        m.provider_call("threatwinds", "create", "ok", Duration::from_millis(30));
+        m.key_pair(web("p"), FIGURES);
+        m.provider_status(tw(), true, Some(1_700_000_000));
         m.set_leader(true);
         let text = m.encode();
+        let key =
+            r#"namespace="apps",name="web",provider_kind="KeyPairProvider",provider_name="p""#;
+        let provider = r#"provider_kind="ClusterKeyPairProvider",namespace="",provider_name="tw",provider="threatwinds""#;
         for needle in [
-            "keypair_operator_reconciles_total{controller=\"apikeypair\",result=\"success\"} 1",
-            "keypair_operator_reconcile_duration_seconds_count{controller=\"apikeypair\"} 1",
-            "keypair_operator_provider_requests_total{provider=\"threatwinds\",operation=\"create\",status=\"ok\"} 1",
-            "keypair_operator_expiration_timestamp_seconds{namespace=\"apps\",name=\"web\"} 1900000000",
-            "keypair_operator_ready{namespace=\"apps\",name=\"web\"} 1",
-            "keypair_operator_renewal_timestamp_seconds{namespace=\"apps\",name=\"web\"} 1800000000",
-            "keypair_operator_renewal_awaiting_verification{namespace=\"apps\",name=\"web\"} 1",
-            "keypair_operator_leader 1",
+            "keypair_operator_reconciles_total{controller=\"apikeypair\",result=\"success\"} 1".to_owned(),
+            "keypair_operator_reconcile_duration_seconds_count{controller=\"apikeypair\"} 1".to_owned(),
+            "keypair_operator_provider_requests_total{provider=\"threatwinds\",operation=\"create\",status=\"ok\"} 1".to_owned(),
+            "keypair_operator_provider_request_duration_seconds_count{provider=\"threatwinds\",operation=\"create\"} 1".to_owned(),
+            "keypair_operator_provider_request_duration_seconds_bucket{le=\"0.04\",provider=\"threatwinds\",operation=\"create\"} 1".to_owned(),
+            "keypair_operator_provider_request_duration_seconds_bucket{le=\"0.02\",provider=\"threatwinds\",operation=\"create\"} 0".to_owned(),
+            format!("keypair_operator_expiration_timestamp_seconds{{{key}}} 1900000000"),
+            format!("keypair_operator_ready{{{key}}} 1"),
+            format!("keypair_operator_renewal_timestamp_seconds{{{key}}} 1800000000"),
+            format!("keypair_operator_renewal_awaiting_verification{{{key}}} 1"),
+            format!("keypair_operator_awaiting_verification{{{key}}} 0"),
+            format!("keypair_operator_provider_ready{{{provider}}} 1"),
+            format!("keypair_operator_provider_session_expiration_timestamp_seconds{{{provider}}} 1700000000"),
+            "keypair_operator_leader 1".to_owned(),
         ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
+            assert!(text.contains(&needle), "missing {needle} in\n{text}");
         }
         m.forget_key_pair("apps", "web");
-        assert!(!m.encode().contains("name=\"web\""));
+        m.forget_provider("ClusterKeyPairProvider", "", "tw");
+        let text = m.encode();
+        assert!(!text.contains("name=\"web\""), "{text}");
+        assert!(!text.contains("provider_name=\"tw\""), "{text}");
+    }
+
+    #[test]
+    fn a_key_pair_whose_labels_change_keeps_one_series() {
+        let m = Metrics::new();
+        m.key_pair(web("old"), FIGURES);
+        m.key_pair(web("new"), FIGURES);
+        let text = m.encode();
+        assert!(!text.contains("provider_name=\"old\""), "{text}");
+        assert_eq!(text.matches("keypair_operator_ready{").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn a_session_expiry_that_becomes_unknown_is_removed() {
+        let m = Metrics::new();
+        m.provider_status(tw(), true, Some(1_700_000_000));
+        m.provider_status(tw(), false, None);
+        let text = m.encode();
+        assert!(text.contains("keypair_operator_provider_ready{"), "{text}");
+        assert!(
+            !text.contains("keypair_operator_provider_session_expiration_timestamp_seconds{"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn losing_the_lead_clears_every_per_object_series() {
+        let m = Metrics::new();
+        m.set_leader(true);
+        m.reconciled("provider", false, Duration::from_millis(5));
+        m.key_pair(web("p"), FIGURES);
+        m.provider_status(tw(), false, None);
+        m.set_leader(false);
+        let text = m.encode();
+        for gone in ["name=\"web\"", "provider_name=\"tw\""] {
+            assert!(!text.contains(gone), "{gone} still exported:\n{text}");
+        }
+        assert!(text.contains("keypair_operator_leader 0"), "{text}");
+        assert!(
+            text.contains(
+                "keypair_operator_reconciles_total{controller=\"provider\",result=\"error\"} 1"
+            ),
+            "process-wide counters stay: {text}"
+        );
+        // Leading again exports them afresh.
+        m.set_leader(true);
+        m.key_pair(web("p"), FIGURES);
+        assert!(m.encode().contains("keypair_operator_ready{"));
     }
 }

@@ -7,7 +7,7 @@ pub mod kube_requests;
 pub mod metrics;
 
 pub use http::Health;
-pub use metrics::{KeyPairFigures, Metrics};
+pub use metrics::{KeyPairFigures, KeyPairLabels, Metrics, ProviderLabels};
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

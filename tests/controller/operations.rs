@@ -48,6 +48,19 @@ async fn metrics_and_probes_describe_a_running_scenario() {
     let akp = s
         .wait_ready("web", "False", "VerificationCodeMissing")
         .await;
+    let awaiting = format!(
+        "keypair_operator_awaiting_verification{{namespace=\"{}\",name=\"web\",provider_kind=\"KeyPairProvider\",provider_name=\"p\"}}",
+        s.ns
+    );
+    common::wait_for(
+        "the awaiting-verification gauge",
+        Duration::from_secs(30),
+        || async {
+            let (_, text) = scrape(&s.operator, "/metrics").await?;
+            (sample(&text, &awaiting) == Some(1.0)).then_some(())
+        },
+    )
+    .await;
     s.submit_code(&akp).await;
     let akp = s.wait_ready("web", "True", "Ready").await;
     let expire_at = akp.status.and_then(|st| st.expire_at).expect("expireAt");
@@ -55,20 +68,46 @@ async fn metrics_and_probes_describe_a_running_scenario() {
         .expect("RFC 3339")
         .timestamp() as f64;
 
-    let series = format!(
-        "keypair_operator_ready{{namespace=\"{}\",name=\"web\"}}",
+    let key = format!(
+        "namespace=\"{}\",name=\"web\",provider_kind=\"KeyPairProvider\",provider_name=\"p\"",
         s.ns
     );
+    let series = format!("keypair_operator_ready{{{key}}}");
     let text = common::wait_for("the ready gauge", Duration::from_secs(30), || async {
         let (_, text) = scrape(&s.operator, "/metrics").await?;
         (sample(&text, &series) == Some(1.0)).then_some(text)
     })
     .await;
-    let expiry = format!(
-        "keypair_operator_expiration_timestamp_seconds{{namespace=\"{}\",name=\"web\"}}",
+    let expiry = format!("keypair_operator_expiration_timestamp_seconds{{{key}}}");
+    assert_eq!(sample(&text, &expiry), Some(expected), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("keypair_operator_awaiting_verification{{{key}}}")
+        ),
+        Some(0.0),
+        "verified"
+    );
+    let provider = format!(
+        "provider_kind=\"KeyPairProvider\",namespace=\"{}\",provider_name=\"p\",provider=\"threatwinds\"",
         s.ns
     );
-    assert_eq!(sample(&text, &expiry), Some(expected), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("keypair_operator_provider_ready{{{provider}}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "keypair_operator_provider_request_duration_seconds_count{provider=\"threatwinds\",operation=\"create\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
     assert_eq!(
         sample(
             &text,
@@ -113,6 +152,24 @@ async fn metrics_and_probes_describe_a_running_scenario() {
     s.delete_and_wait_gone("web").await;
     let (_, text) = scrape(&s.operator, "/metrics").await.expect("scrape");
     assert_eq!(sample(&text, &series), None, "{text}");
+
+    // Nor does a deleted provider.
+    let providers: Api<keypair_operator::crd::KeyPairProvider> =
+        Api::namespaced(s.client.clone(), &s.ns);
+    providers
+        .delete("p", &Default::default())
+        .await
+        .expect("delete the provider");
+    let provider_series = format!("keypair_operator_provider_ready{{{provider}}}");
+    common::wait_for(
+        "the provider's series to go",
+        Duration::from_secs(30),
+        || async {
+            let (_, text) = scrape(&s.operator, "/metrics").await?;
+            sample(&text, &provider_series).is_none().then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
