@@ -28,6 +28,11 @@ lint: ## cargo fmt --check and clippy with warnings as errors (with and without 
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --all-features -- -D warnings
 
+.PHONY: bench
+bench: ## the scale benchmark (release build; BENCH_N=10000 for the full run): prints a table and one JSON line
+	scripts/control-plane.sh install
+	KUBECONFIG=$${KUBECONFIG:-$$(scripts/control-plane.sh up)} cargo bench --bench scale
+
 .PHONY: crds
 crds: ## regenerate crds/ and the Helm chart's files/crds/ (rendered by templates/crds.yaml) from the Rust types
 	cargo run --quiet -- crds --output-dir crds

@@ -63,6 +63,15 @@ pub struct RunArgs {
     /// Name of the leader lease.
     #[arg(long, env = "KPO_LEASE_NAME", default_value = "keypair-operator")]
     pub lease_name: String,
+    /// This replica's shard: only the `ApiKeyPair`s matching this label selector (e.g.
+    /// `team=a`, `shard notin (a,b)`); all when unset. Give each shard its own
+    /// `--lease-name`, and selectors that split the resources between the shards.
+    #[arg(long, env = "KPO_SHARD_SELECTOR")]
+    pub shard_selector: Option<String>,
+    /// Run the provider controllers here (provider status and session extension); with
+    /// shards, exactly one shard should.
+    #[arg(long, env = "KPO_MANAGE_PROVIDERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub manage_providers: bool,
     /// How long a lease lasts without renewal; a standby takes over after it lapses.
     #[arg(long, env = "KPO_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -85,6 +94,9 @@ pub enum RunError {
     /// The HTTP port could not be bound or served.
     #[error("HTTP endpoint {0}: {1}")]
     Http(std::net::SocketAddr, std::io::Error),
+    /// The shard selector is not a valid label selector.
+    #[error("--shard-selector {0:?}: {1}")]
+    ShardSelector(String, String),
     /// Leader election could not start.
     #[error("leader election: {0}")]
     LeaderElection(String),
@@ -140,6 +152,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let listener = telemetry::http::bind(args.http_listen)
         .await
         .map_err(|e| RunError::Http(args.http_listen, e))?;
+    check_shard_selector(&client, &args).await?;
     let signal: ShutdownSignal = Box::pin(shutdown_signal());
     let shutdown = futures::FutureExt::shared(signal);
     let server = tokio::spawn(telemetry::http::serve(
@@ -163,7 +176,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             ..Settings::default()
         },
         scope: Some(scope),
-        shard_selector: None,
+        shard_selector: args.shard_selector.clone(),
+        without_providers: !args.manage_providers,
         instance: args.instance.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
@@ -183,6 +197,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     match server.await {
         Ok(result) => result.map_err(|e| RunError::Http(args.http_listen, e)),
         Err(_) => Ok(()),
+    }
+}
+
+/// Refuses a shard selector the API server does not accept, before anything starts (the
+/// watches would otherwise retry it forever).
+async fn check_shard_selector(client: &Client, args: &RunArgs) -> Result<(), RunError> {
+    let Some(selector) = &args.shard_selector else {
+        return Ok(());
+    };
+    let api: kube::Api<crate::crd::ApiKeyPair> = match args.namespaces.first() {
+        Some(namespace) => kube::Api::namespaced(client.clone(), namespace),
+        None => kube::Api::all(client.clone()),
+    };
+    let probe = kube::api::ListParams::default().labels(selector).limit(1);
+    match api.list_metadata(&probe).await {
+        Err(kube::Error::Api(e)) if e.code == 400 => {
+            Err(RunError::ShardSelector(selector.clone(), e.message))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -1156,6 +1156,54 @@ async fn every_value_renders() {
                 );
             },
         ),
+        (
+            vec![
+                "--set",
+                "shards[0].name=team-a",
+                "--set",
+                "shards[0].selector=team=a",
+                "--set",
+                "shards[1].name=rest",
+                "--set",
+                "shards[1].selector=team!=a",
+                "--set",
+                "leaderElection.enabled=true",
+            ],
+            |o| {
+                let deployments = of_kind(o, "Deployment");
+                assert_eq!(deployments.len(), 2, "one Deployment per shard");
+                let args_of = |d: &Value| -> Vec<String> {
+                    d["spec"]["template"]["spec"]["containers"][0]["args"]
+                        .as_array()
+                        .expect("args")
+                        .iter()
+                        .filter_map(|a| a.as_str().map(str::to_owned))
+                        .collect()
+                };
+                let (a, rest) = (args_of(deployments[0]), args_of(deployments[1]));
+                assert!(a.contains(&"--shard-selector=team=a".to_owned()), "{a:?}");
+                assert!(
+                    a.contains(&"--lease-name=kpo-keypair-operator-team-a".to_owned()),
+                    "{a:?}"
+                );
+                assert!(
+                    !a.iter().any(|x| x.starts_with("--manage-providers")),
+                    "the first shard keeps providers"
+                );
+                assert!(
+                    rest.contains(&"--shard-selector=team!=a".to_owned()),
+                    "{rest:?}"
+                );
+                assert!(
+                    rest.contains(&"--manage-providers=false".to_owned()),
+                    "{rest:?}"
+                );
+                assert_ne!(
+                    deployments[0]["spec"]["selector"], deployments[1]["spec"]["selector"],
+                    "the Deployments do not select each other's pods"
+                );
+            },
+        ),
     ];
     for (args, check) in table {
         let objects = render(&args)

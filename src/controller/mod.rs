@@ -454,8 +454,12 @@ fn key_pair_controller(shared: &Shared, providers: ProviderTriggers) -> (Task, V
         .graceful_shutdown_on(shared.shutdown.clone())
         .run(key_pair::reconcile, error_policy, Arc::new(ctx))
         .for_each(|result| async move {
+            use kube::runtime::controller::Error::ObjectNotFound;
             match result {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+                // A Secret or provider change about a resource this replica does not
+                // handle (another shard's, or deleted meanwhile).
+                Err(error @ ObjectNotFound(_)) => tracing::debug!(%error, "skipped"),
                 Err(error) => warn!(%error, "reconcile failed"),
             }
         });
@@ -531,6 +535,8 @@ pub struct RunOptions {
     pub scope: Option<Scope>,
     /// Only the `ApiKeyPair`s matching this label selector (this replica's shard).
     pub shard_selector: Option<String>,
+    /// Leave the provider controllers to another replica (with shards, one runs them).
+    pub without_providers: bool,
     /// Name of this instance in events (pod name).
     pub instance: Option<String>,
     /// Where metrics are recorded.
@@ -652,21 +658,24 @@ pub async fn run(
     caches.push(ready_future(namespaced_store.clone()));
     caches.push(ready_future(cluster_store.clone()));
     let s = shared.clone();
-    let mut controllers = vec![
-        key_pairs,
-        futures::FutureExt::boxed(providers::run(
+    let mut controllers = vec![key_pairs];
+    if !options.without_providers {
+        controllers.push(futures::FutureExt::boxed(providers::run(
             namespaced_own,
             namespaced_store,
             ProviderRefKind::KeyPairProvider,
             s.clone(),
-        )),
-        futures::FutureExt::boxed(providers::run(
+        )));
+        controllers.push(futures::FutureExt::boxed(providers::run(
             cluster_own,
             cluster_store,
             ProviderRefKind::ClusterKeyPairProvider,
             s,
-        )),
-    ];
+        )));
+    } else {
+        // Nobody else takes these subscriptions: drop them so the watch never waits on them.
+        drop((namespaced_own, cluster_own));
+    }
     let health = options.health.clone();
     controllers.push(futures::FutureExt::boxed(async move {
         if futures::future::try_join_all(caches).await.is_ok() {

@@ -12,6 +12,7 @@ mod leaks;
 mod operations;
 mod regressions;
 mod rotation;
+mod shards;
 mod threatwinds;
 
 use common::{Operator, Sandbox};

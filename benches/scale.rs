@@ -1,0 +1,688 @@
+//! `make bench`: the operator at scale against the local control plane and the sandboxes.
+//! Prints one table (each figure against its goal) and one JSON line.
+//!
+//! Figures: the apiserver's own create ceiling C for ~1 KB objects (the physical limit
+//! here); for each provider, throughput to Ready for `BENCH_N` `ApiKeyPair`s and its ratio
+//! to C, p50/p99 apply→Ready, kube and provider requests per created object; RSS idle, at
+//! N keys, and after `BENCH_UNRELATED` unrelated 100 KB Secrets; kube and provider requests
+//! per idle check during a `BENCH_IDLE_SECS` window with a short check interval; after a
+//! kill -9 and restart, the time to ready, writes and provider calls in the first
+//! `BENCH_RESTART_SECS`; and under a provider rate limit R, requests sent / R.
+//!
+//! Knobs (environment): `BENCH_N` (default 1000), `BENCH_UNRELATED` (default 1000),
+//! `BENCH_IDLE_SECS` (60), `BENCH_RESTART_SECS` (60), `BENCH_LATENCY_MS` (10),
+//! `BENCH_RATE` (R, default 20 requests/s), `BENCH_CLIENTS` (16).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use keypair_operator::crd::ApiKeyPair;
+use keypair_operator::sandbox::SandboxConfig;
+use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const SESSION_TOKEN: &str = "bench-session-token";
+const ROLE: &str = "role-bench";
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One printed figure and its goal.
+struct Row {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    goal: Option<(&'static str, f64)>,
+}
+
+impl Row {
+    fn met(&self) -> Option<bool> {
+        self.goal.map(|(op, goal)| match op {
+            "<=" => self.value <= goal,
+            ">=" => self.value >= goal,
+            _ => false,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) {
+        self.rows.push(Row {
+            name: name.into(),
+            value,
+            unit,
+            goal: None,
+        });
+    }
+
+    fn goal(
+        &mut self,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        op: &'static str,
+        goal: f64,
+    ) {
+        self.rows.push(Row {
+            name: name.into(),
+            value,
+            unit,
+            goal: Some((op, goal)),
+        });
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "{:<58} {:>12} {:<8} {:<16}",
+            "figure", "value", "unit", "goal"
+        );
+        for row in &self.rows {
+            let goal = row
+                .goal
+                .map(|(op, g)| format!("{op} {g:.2}"))
+                .unwrap_or_default();
+            let verdict = match row.met() {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            println!(
+                "{:<58} {:>12.2} {:<8} {:<16} {verdict}",
+                row.name, row.value, row.unit, goal
+            );
+        }
+        let json: serde_json::Map<String, serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|r| (r.name.replace(' ', "_"), json!(r.value)))
+            .collect();
+        println!("{}", serde_json::Value::Object(json));
+    }
+}
+
+/// The operator's counters and gauges, by full series text.
+async fn scrape(operator: &common::Operator) -> HashMap<String, f64> {
+    let text = reqwest::get(format!("{}/metrics", operator.http))
+        .await
+        .and_then(|r| r.error_for_status())
+        .map(|r| r.text());
+    let text = match text {
+        Ok(body) => body.await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of every series of `metric` whose labels contain all of `with`.
+fn total(metrics: &HashMap<String, f64>, metric: &str, with: &[&str]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(metric) && with.iter().all(|w| series.contains(w))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+const KUBE: &str = "keypair_operator_kube_requests_total";
+const PROVIDER: &str = "keypair_operator_provider_requests_total";
+const WRITES: [&str; 4] = [
+    "verb=\"create\"",
+    "verb=\"patch\"",
+    "verb=\"update\"",
+    "verb=\"delete\"",
+];
+
+fn writes(metrics: &HashMap<String, f64>) -> f64 {
+    WRITES.iter().map(|w| total(metrics, KUBE, &[w])).sum()
+}
+
+/// Kube requests between two scrapes, by `verb resource`.
+fn kube_by_verb(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (series, value) in after {
+        if series.split('{').next() != Some(KUBE) {
+            continue;
+        }
+        let delta = value - before.get(series).copied().unwrap_or(0.0);
+        if delta > 0.0 {
+            let label = |name: &str| {
+                series
+                    .split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|s| s.split('"').next())
+                    .unwrap_or("?")
+                    .to_owned()
+            };
+            out.insert(format!("{} {}", label("verb"), label("resource")), delta);
+        }
+    }
+    out
+}
+
+fn rss_mb(operator: &common::Operator) -> f64 {
+    let Some(pid) = operator.pid() else {
+        return f64::NAN;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn wait_ready_endpoint(operator: &common::Operator, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    common::wait_for("operator /readyz", timeout, || async {
+        let ok = reqwest::get(format!("{}/readyz", operator.http))
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        ok.then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+/// The apiserver's own create ceiling: `clients` writers creating ~1 KB ConfigMaps.
+async fn create_ceiling(client: &Client, ns: &str, count: usize, clients: usize) -> f64 {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let payload = "x".repeat(1000);
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .for_each_concurrent(clients, |i| {
+            let (api, payload) = (api.clone(), payload.clone());
+            async move {
+                let object: ConfigMap = serde_json::from_value(
+                    json!({"metadata": {"name": format!("c-{i}")}, "data": {"payload": payload}}),
+                )
+                .expect("configmap");
+                let _ = api.create(&PostParams::default(), &object).await;
+            }
+        })
+        .await;
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Creates `count` `ApiKeyPair`s with `clients` writers; returns when each was applied.
+async fn create_key_pairs(
+    client: &Client,
+    ns: &str,
+    count: usize,
+    clients: usize,
+    spec: serde_json::Value,
+) -> HashMap<String, Instant> {
+    let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
+    let applied = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    futures::stream::iter(0..count)
+        .for_each_concurrent(clients, |i| {
+            let (api, spec, applied) = (api.clone(), spec.clone(), applied.clone());
+            async move {
+                let name = format!("k-{i}");
+                let object: ApiKeyPair = serde_json::from_value(json!({
+                    "apiVersion": "keypairs.dev/v1alpha1", "kind": "ApiKeyPair",
+                    "metadata": {"name": name}, "spec": spec}))
+                .expect("key pair");
+                let at = Instant::now();
+                if api.create(&PostParams::default(), &object).await.is_ok()
+                    && let Ok(mut applied) = applied.lock()
+                {
+                    applied.insert(name, at);
+                }
+            }
+        })
+        .await;
+    applied.lock().map(|a| a.clone()).unwrap_or_default()
+}
+
+/// Watches until every key pair in `applied` meets `ready`; returns apply→ready per key
+/// and when the last became ready.
+async fn wait_all_ready(
+    client: &Client,
+    ns: &str,
+    applied: &HashMap<String, Instant>,
+    ready: impl Fn(&ApiKeyPair) -> bool,
+    timeout: Duration,
+) -> (Vec<Duration>, Instant) {
+    let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
+    let mut latencies = HashMap::new();
+    let mut last = Instant::now();
+    let mut stream = watcher(api, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while latencies.len() < applied.len() {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await;
+        let Ok(Some(Ok(akp))) = next else {
+            if next.is_err() {
+                eprintln!("timed out: {} of {} ready", latencies.len(), applied.len());
+                break;
+            }
+            continue;
+        };
+        let name = akp.name_any();
+        if ready(&akp)
+            && !latencies.contains_key(&name)
+            && let Some(at) = applied.get(&name)
+        {
+            last = Instant::now();
+            latencies.insert(name, last - *at);
+        }
+    }
+    let mut latencies: Vec<Duration> = latencies.into_values().collect();
+    latencies.sort();
+    (latencies, last)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)].as_secs_f64()
+}
+
+fn tw_ready(akp: &ApiKeyPair) -> bool {
+    akp.status
+        .as_ref()
+        .is_some_and(|s| s.key_id.is_some() && s.pending_create.is_none())
+}
+
+fn dt_ready(akp: &ApiKeyPair) -> bool {
+    tw_ready(akp) && common::condition(akp, "Ready").is_some_and(|(status, _)| status == "True")
+}
+
+struct Setup {
+    ns: String,
+    sandbox: common::Sandbox,
+    spec: serde_json::Value,
+    ready: fn(&ApiKeyPair) -> bool,
+}
+
+async fn provider_setup(client: &Client, threatwinds: bool, latency_ms: u64) -> Setup {
+    let kind = if threatwinds { "tw" } else { "dt" };
+    let ns = common::test_namespace(client, &format!("bench-{kind}")).await;
+    let sandbox = if threatwinds {
+        let mut config = SandboxConfig::threatwinds();
+        config.session_tokens = vec![SESSION_TOKEN.to_owned()];
+        common::Sandbox::start(config).await
+    } else {
+        let mut config = SandboxConfig::datonis();
+        config.roles = vec![(ROLE.to_owned(), "Bench".to_owned())];
+        common::Sandbox::start(config).await
+    };
+    sandbox.faults(json!({"latency_ms": latency_ms})).await;
+    let spec = if threatwinds {
+        common::put_secret(client, &ns, "creds", &[("token", SESSION_TOKEN)]).await;
+        json!({"threatwinds": {"url": sandbox.url(), "sessionSecretRef": {"name": "creds", "key": "token"}}})
+    } else {
+        let (email, password) = (
+            keypair_operator::sandbox::DEFAULT_DATONIS_EMAIL,
+            keypair_operator::sandbox::DEFAULT_DATONIS_PASSWORD,
+        );
+        common::put_secret(
+            client,
+            &ns,
+            "creds",
+            &[("email", email), ("password", password)],
+        )
+        .await;
+        json!({"datonis": {"url": sandbox.url(), "credentialsSecretRef": {"name": "creds"}}})
+    };
+    let provider = json!({"apiVersion": "keypairs.dev/v1alpha1", "kind": "KeyPairProvider",
+        "metadata": {"name": "p"}, "spec": spec});
+    common::apply_json::<keypair_operator::crd::KeyPairProvider>(client, Some(&ns), provider).await;
+    let key_spec = if threatwinds {
+        json!({"providerRef": {"name": "p"}, "validityDays": 90})
+    } else {
+        json!({"providerRef": {"name": "p"}, "validityDays": 90, "datonis": {"roleKey": ROLE}})
+    };
+    Setup {
+        ns,
+        sandbox,
+        spec: key_spec,
+        ready: if threatwinds { tw_ready } else { dt_ready },
+    }
+}
+
+/// Creates N keys at one provider and reports throughput, latency and requests per object.
+async fn creates(
+    client: &Client,
+    report: &mut Report,
+    threatwinds: bool,
+    ceiling: f64,
+) -> (Setup, common::Operator) {
+    let (n, clients) = (
+        knob("BENCH_N", 1000) as usize,
+        knob("BENCH_CLIENTS", 16) as usize,
+    );
+    let kind = if threatwinds {
+        "threatwinds"
+    } else {
+        "datonis"
+    };
+    let setup = provider_setup(client, threatwinds, knob("BENCH_LATENCY_MS", 10)).await;
+    let operator = common::Operator::start(&setup.ns, &["--concurrency", "32"], &[]).await;
+    wait_ready_endpoint(&operator, Duration::from_secs(60)).await;
+    if threatwinds {
+        report.goal("RSS idle", rss_mb(&operator), "MB", "<=", 15.0);
+    }
+    let before = scrape(&operator).await;
+    let started = Instant::now();
+    let applied = create_key_pairs(client, &setup.ns, n, clients, setup.spec.clone()).await;
+    let timeout = Duration::from_secs(120 + n as u64 / 2);
+    let (latencies, last) = wait_all_ready(client, &setup.ns, &applied, setup.ready, timeout).await;
+    let rate = latencies.len() as f64 / (last - started).as_secs_f64();
+    // Let the follow-up reconciles of the last keys finish before counting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = scrape(&operator).await;
+    let per_object = |m: &str| (total(&after, m, &[]) - total(&before, m, &[])) / n as f64;
+    report.add(format!("{kind} keys ready"), latencies.len() as f64, "keys");
+    report.goal(
+        format!("{kind} to-Ready rate"),
+        rate,
+        "/s",
+        ">=",
+        0.8 * ceiling / 5.0,
+    );
+    report.add(format!("{kind} to-Ready rate / C"), rate / ceiling, "ratio");
+    report.add(
+        format!("{kind} p50 apply->Ready"),
+        percentile(&latencies, 0.5),
+        "s",
+    );
+    report.add(
+        format!("{kind} p99 apply->Ready"),
+        percentile(&latencies, 0.99),
+        "s",
+    );
+    report.goal(
+        format!("{kind} kube requests per created object"),
+        per_object(KUBE),
+        "req",
+        "<=",
+        5.0,
+    );
+    report.add(
+        format!("{kind} provider requests per created object"),
+        per_object(PROVIDER),
+        "req",
+    );
+    for (verb, count) in kube_by_verb(&before, &after) {
+        report.add(
+            format!("{kind} per object: {verb}"),
+            count / n as f64,
+            "req",
+        );
+    }
+    report.goal(
+        format!("RSS at {n} {kind} keys"),
+        rss_mb(&operator),
+        "MB",
+        "<=",
+        if n <= 1000 { 25.0 } else { 60.0 },
+    );
+    (setup, operator)
+}
+
+/// One more key, created when the operator is idle: apply→Ready.
+async fn idle_latency(client: &Client, report: &mut Report, setup: &Setup) {
+    let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), &setup.ns);
+    let object: ApiKeyPair = serde_json::from_value(json!({
+        "apiVersion": "keypairs.dev/v1alpha1", "kind": "ApiKeyPair",
+        "metadata": {"name": "idle-probe"}, "spec": setup.spec}))
+    .expect("key pair");
+    let at = Instant::now();
+    let _ = api.create(&PostParams::default(), &object).await;
+    let one: HashMap<String, Instant> = [("idle-probe".to_owned(), at)].into();
+    let (latencies, _) = wait_all_ready(
+        client,
+        &setup.ns,
+        &one,
+        setup.ready,
+        Duration::from_secs(60),
+    )
+    .await;
+    report.goal(
+        "apply->Ready when idle (p99 of one)",
+        percentile(&latencies, 0.99),
+        "s",
+        "<=",
+        1.0,
+    );
+}
+
+/// A window with a short check interval: requests per key check.
+async fn idle_checks(report: &mut Report, setup: &Setup, keys: usize) {
+    let secs = knob("BENCH_IDLE_SECS", 60);
+    let interval = (secs / 3).max(5);
+    let operator = common::Operator::start(
+        &setup.ns,
+        &[
+            "--check-interval",
+            &format!("{interval}s"),
+            "--concurrency",
+            "32",
+        ],
+        &[],
+    )
+    .await;
+    wait_ready_endpoint(&operator, Duration::from_secs(120)).await;
+    // The initial pass is not idle: wait one interval, then measure.
+    tokio::time::sleep(Duration::from_secs(interval)).await;
+    let before = scrape(&operator).await;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let after = scrape(&operator).await;
+    let checks = (total(&after, PROVIDER, &[]) - total(&before, PROVIDER, &[])).max(1.0);
+    let kube = total(&after, KUBE, &[]) - total(&before, KUBE, &[]);
+    report.add("idle window checks (provider calls)", checks, "calls");
+    report.add(
+        "idle window expected checks",
+        (keys as u64 * secs / interval) as f64,
+        "checks",
+    );
+    report.goal(
+        "kube requests per idle check",
+        kube / checks,
+        "req",
+        "<=",
+        0.0,
+    );
+    for (verb, count) in kube_by_verb(&before, &after) {
+        report.add(format!("idle window: {verb}"), count, "req");
+    }
+}
+
+/// kill -9 and restart: time to ready, writes and provider calls in the first window.
+async fn restart(report: &mut Report, setup: &Setup, operator: &mut common::Operator, keys: usize) {
+    let secs = knob("BENCH_RESTART_SECS", 60);
+    operator.stop().await;
+    let sandbox_before = setup.sandbox.stats().await;
+    let started = Instant::now();
+    operator.restart_with(&[]).await;
+    let ready = wait_ready_endpoint(operator, Duration::from_secs(120)).await;
+    let left = Duration::from_secs(secs).saturating_sub(started.elapsed());
+    tokio::time::sleep(left).await;
+    let after = scrape(operator).await;
+    let sandbox_after = setup.sandbox.stats().await;
+    let calls = sandbox_calls(&sandbox_after) - sandbox_calls(&sandbox_before);
+    report.goal(
+        format!("restart at {keys} keys: time to ready"),
+        ready.as_secs_f64(),
+        "s",
+        "<=",
+        5.0,
+    );
+    report.goal(
+        "restart: kube writes in the first window",
+        writes(&after),
+        "req",
+        "<=",
+        0.0,
+    );
+    report.goal(
+        "restart: provider calls in the first window / N",
+        calls / keys as f64,
+        "ratio",
+        "<=",
+        0.01,
+    );
+}
+
+fn sandbox_calls(stats: &serde_json::Value) -> f64 {
+    stats
+        .as_object()
+        .map(|endpoints| {
+            endpoints
+                .iter()
+                .filter(|(endpoint, _)| !endpoint.starts_with("/_sandbox"))
+                .flat_map(|(_, by_status)| by_status.as_object().into_iter().flatten())
+                .filter_map(|(_, v)| v.as_f64())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Unrelated 100 KB Secrets in the watched namespace: what they cost the operator.
+async fn unrelated_secrets(
+    client: &Client,
+    report: &mut Report,
+    setup: &Setup,
+    operator: &common::Operator,
+) {
+    let count = knob("BENCH_UNRELATED", 1000) as usize;
+    let before = rss_mb(operator);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &setup.ns);
+    let payload = k8s_openapi::ByteString(vec![b'u'; 100 * 1024]);
+    futures::stream::iter(0..count)
+        .for_each_concurrent(16, |i| {
+            let (api, payload) = (api.clone(), payload.clone());
+            async move {
+                let mut secret = Secret::default();
+                secret.metadata.name = Some(format!("unrelated-{i}"));
+                secret.data = Some([("blob".to_owned(), payload)].into());
+                let _ = api.create(&PostParams::default(), &secret).await;
+            }
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    report.goal(
+        format!("RSS added by {count} unrelated 100 KB Secrets"),
+        rss_mb(operator) - before,
+        "MB",
+        "<=",
+        5.0,
+    );
+}
+
+/// Under a provider rate limit R: requests sent / (R × seconds), and refusals.
+async fn rate_limited(client: &Client, report: &mut Report) {
+    let rate = knob("BENCH_RATE", 20) as f64;
+    let setup = provider_setup(client, false, 0).await;
+    setup.sandbox.faults(json!({"rate_limit_rps": rate})).await;
+    let operator = common::Operator::start(&setup.ns, &["--concurrency", "32"], &[]).await;
+    wait_ready_endpoint(&operator, Duration::from_secs(60)).await;
+    let count = (rate as usize * 15).max(50);
+    let before = setup.sandbox.stats().await;
+    let started = Instant::now();
+    let applied = create_key_pairs(client, &setup.ns, count, 16, setup.spec.clone()).await;
+    let (ready, _) = wait_all_ready(
+        client,
+        &setup.ns,
+        &applied,
+        setup.ready,
+        Duration::from_secs(300),
+    )
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let after = setup.sandbox.stats().await;
+    let sent = sandbox_calls(&after) - sandbox_calls(&before);
+    let refused = refusals(&after) - refusals(&before);
+    report.add(
+        format!("rate limit R ({count} keys, {} ready)", ready.len()),
+        rate,
+        "/s",
+    );
+    report.goal(
+        "rate limit: sent / (R x duration)",
+        sent / (rate * secs),
+        "ratio",
+        "<=",
+        1.1,
+    );
+    report.add("rate limit: refused (429 with Retry-After)", refused, "req");
+}
+
+fn refusals(stats: &serde_json::Value) -> f64 {
+    stats
+        .as_object()
+        .map(|endpoints| {
+            endpoints
+                .values()
+                .flat_map(|by_status| by_status.as_object().into_iter().flatten())
+                .filter(|(status, _)| status.as_str() == "429" || status.as_str() == "403")
+                .filter_map(|(_, v)| v.as_f64())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo test --all-targets` runs bench binaries too: only `cargo bench` passes --bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("the scale benchmark runs with `make bench`");
+        return;
+    }
+    let client = common::client_with_crds().await;
+    let mut report = Report::default();
+    let n = knob("BENCH_N", 1000) as usize;
+    let clients = knob("BENCH_CLIENTS", 16) as usize;
+    let ceiling_ns = common::test_namespace(&client, "bench-ceiling").await;
+    let ceiling = create_ceiling(&client, &ceiling_ns, n.max(500), clients).await;
+    report.add("C: apiserver create ceiling (1 KB objects)", ceiling, "/s");
+    eprintln!("C = {ceiling:.1}/s; creating {n} ThreatWinds keys");
+    let (tw, mut tw_operator) = creates(&client, &mut report, true, ceiling).await;
+    idle_latency(&client, &mut report, &tw).await;
+    restart(&mut report, &tw, &mut tw_operator, n).await;
+    unrelated_secrets(&client, &mut report, &tw, &tw_operator).await;
+    tw_operator.stop().await;
+    eprintln!("idle window");
+    idle_checks(&mut report, &tw, n).await;
+    eprintln!("creating {n} Datonis keys");
+    let (_dt, mut dt_operator) = creates(&client, &mut report, false, ceiling).await;
+    dt_operator.stop().await;
+    eprintln!("rate limit");
+    rate_limited(&client, &mut report).await;
+    report.print();
+}
