@@ -595,7 +595,6 @@ async fn reconcile(world: &Shared, stale: Option<(ApiKeyPair, u64)>) -> Result<(
     let timing = Timing {
         now,
         check_due,
-        check_interval: Duration::from_secs(3600),
         verification_poll_interval: Duration::from_secs(30),
         next_check_slot: now + chrono::Duration::seconds(3600),
     };

@@ -57,7 +57,6 @@ fn timing(ctx: &Context, akp: &ApiKeyPair) -> Timing {
     Timing {
         now,
         check_due: ctx.check_due(&uid, last_slot),
-        check_interval,
         verification_poll_interval: ctx.settings.verification_poll_interval,
         next_check_slot,
     }

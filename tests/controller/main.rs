@@ -12,6 +12,7 @@ mod leaks;
 mod operations;
 mod regressions;
 mod rotation;
+mod scale;
 mod shards;
 mod threatwinds;
 

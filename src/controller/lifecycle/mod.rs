@@ -130,8 +130,6 @@ pub struct Timing {
     pub now: DateTime<Utc>,
     /// Whether the periodic provider check is due for this key.
     pub check_due: bool,
-    /// The periodic check interval.
-    pub check_interval: Duration,
     /// How often a key waiting for its code looks for it.
     pub verification_poll_interval: Duration,
     /// The key's next periodic check slot ([`plan::check_slots`]).

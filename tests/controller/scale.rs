@@ -1,0 +1,225 @@
+//! What one replica costs at scale (issue 9), counted from the outside: the operator's own
+//! Kubernetes requests (`keypair_operator_kube_requests_total`) and the sandbox's request
+//! statistics. `make bench` measures the same at 1k–10k keys.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::Scenario;
+use crate::common::{self, Operator};
+use keypair_operator::sandbox::Dialect;
+
+const ROLE: &str = "1946c4ce5c";
+const KEY_GETS: &str = "GET /api/v3/key_pairs/{key}";
+const TW_LISTS: &str = "GET /api/auth/v2/keypairs";
+
+/// The operator's Kubernetes requests so far, by `verb resource` (watches left out: they
+/// are long-lived streams, not per-object costs).
+async fn kube_requests(operator: &Operator) -> BTreeMap<String, f64> {
+    let text = reqwest::get(format!("{}/metrics", operator.http))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let label = |line: &str, name: &str| {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    text.lines()
+        .filter(|l| l.starts_with("keypair_operator_kube_requests_total{"))
+        .filter(|l| label(l, "verb") != "watch")
+        .filter_map(|l| {
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((
+                format!("{} {}", label(l, "verb"), label(l, "resource")),
+                value,
+            ))
+        })
+        .collect()
+}
+
+/// What changed between two [`kube_requests`] readings.
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
+}
+
+/// Everything but the provider controller's credential check (its Secret's metadata, at
+/// most every 30 s per provider).
+fn key_pair_requests(delta: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    delta
+        .iter()
+        .filter(|(k, v)| !(k.as_str() == "get secrets" && **v <= 1.0))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// `ApiKeyPair` reconciles this operator process ran.
+async fn reconciles(operator: &Operator) -> f64 {
+    let Ok(response) = reqwest::get(format!("{}/metrics", operator.http)).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("keypair_operator_reconciles_total{controller=\"apikeypair\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_count_at_least(s: &Scenario, endpoint: &str, count: u64) {
+    common::wait_for(
+        &format!("{count} × {endpoint}"),
+        Duration::from_secs(60),
+        || async { (s.sandbox.count(endpoint).await >= count).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_check_of_a_healthy_key_makes_no_kube_request() {
+    let s = Scenario::datonis("idle-check", &[], &[]).await;
+    for i in 0..3 {
+        s.akp(
+            &format!("k-{i}"),
+            json!({"providerRef": {"name": "p"}, "datonis": {"roleKey": ROLE}}),
+        )
+        .await;
+    }
+    for i in 0..3 {
+        s.wait_ready(&format!("k-{i}"), "True", "Ready").await;
+    }
+    // Past the follow-ups of the creates: one check of every key first.
+    let first = s.sandbox.count(KEY_GETS).await;
+    wait_count_at_least(&s, KEY_GETS, first + 3).await;
+    let before = kube_requests(&s.operator).await;
+    let checks_before = s.sandbox.count(KEY_GETS).await;
+    // Two more checks of every key (the check interval is 3 s).
+    wait_count_at_least(&s, KEY_GETS, checks_before + 6).await;
+    let after = kube_requests(&s.operator).await;
+    let spent = key_pair_requests(&delta(&before, &after));
+    assert!(
+        spent.is_empty(),
+        "idle checks made kube requests: {spent:?}"
+    );
+}
+
+#[tokio::test]
+async fn keys_awaiting_their_code_share_one_list_and_read_no_secret() {
+    let s = Scenario::threatwinds(
+        "awaiting",
+        Dialect::Current,
+        &[
+            "--check-interval",
+            "2s",
+            "--verification-poll-interval",
+            "1s",
+        ],
+        &[],
+    )
+    .await;
+    let spec = json!({"providerRef": {"name": "p"}, "verification": {"codeSecretRef": {"name": "codes", "key": "code"}}});
+    let names: Vec<String> = (0..8).map(|i| format!("k-{i}")).collect();
+    for name in &names {
+        s.akp(name, spec.clone()).await;
+    }
+    for name in &names {
+        s.wait(name, "a key awaiting its code", |a| {
+            a.status
+                .as_ref()
+                .is_some_and(|st| st.key_id.is_some() && st.pending_create.is_none())
+        })
+        .await;
+    }
+    let before = kube_requests(&s.operator).await;
+    let lists_before = s.sandbox.count(TW_LISTS).await;
+    let reconciled = reconciles(&s.operator).await;
+    // About six seconds: each key polls every second and is observed every 2 s, so
+    // without sharing about 24 lists.
+    common::wait_for("48 more reconciles", Duration::from_secs(60), || async {
+        (reconciles(&s.operator).await >= reconciled + 48.0).then_some(())
+    })
+    .await;
+    let lists = s.sandbox.count(TW_LISTS).await - lists_before;
+    let spent = key_pair_requests(&delta(&before, &kube_requests(&s.operator).await));
+    assert!(
+        lists <= 8,
+        "{lists} lists for 8 awaiting keys over 48 reconciles: one list per poll interval serves them all"
+    );
+    assert!(
+        spent.is_empty(),
+        "keys awaiting a code made kube requests: {spent:?}"
+    );
+
+    // The code arrives: the Secret's change wakes the key without polling it.
+    let k0 = s
+        .wait("k-0", "a code id", |a| {
+            a.status
+                .as_ref()
+                .is_some_and(|st| st.verification_code_id.is_some())
+        })
+        .await;
+    let code_id = k0
+        .status
+        .and_then(|st| st.verification_code_id)
+        .expect("code id");
+    let code = s.sandbox.code_for(&code_id).await;
+    common::put_secret(&s.client, &s.ns, "codes", &[("code", &code)]).await;
+    s.wait("k-0", "verified", |a| {
+        a.status
+            .as_ref()
+            .is_some_and(|st| st.verified == Some(true))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restart_checks_nothing_at_once_and_writes_nothing() {
+    let mut s = Scenario::datonis("quiet-restart", &["--check-interval", "1h"], &[]).await;
+    let names: Vec<String> = (0..3).map(|i| format!("k-{i}")).collect();
+    for name in &names {
+        s.akp(
+            name,
+            json!({"providerRef": {"name": "p"}, "datonis": {"roleKey": ROLE}}),
+        )
+        .await;
+    }
+    for name in &names {
+        s.wait_ready(name, "True", "Ready").await;
+    }
+    let checks_before = s.sandbox.count(KEY_GETS).await;
+    s.operator.restart_with(&[]).await;
+    // Every key reconciled once by the new process (its first pass over the cache).
+    common::wait_for(
+        "the first pass after the restart",
+        Duration::from_secs(60),
+        || async { (reconciles(&s.operator).await >= 3.0).then_some(()) },
+    )
+    .await;
+    let spent = kube_requests(&s.operator).await;
+    let writes: Vec<_> = spent
+        .iter()
+        .filter(|(k, _)| {
+            ["create", "patch", "update", "delete"]
+                .iter()
+                .any(|w| k.starts_with(w))
+        })
+        .filter(|(k, _)| !k.ends_with("events") && !k.contains("keypairproviders"))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a restart wrote to converged resources: {writes:?}"
+    );
+    let checks = s.sandbox.count(KEY_GETS).await - checks_before;
+    // Each key's check falls at its own time in the hour; a second one within these few
+    // seconds would take two of three random slots falling in them.
+    assert!(checks <= 1, "{checks} keys checked right after the restart");
+}
