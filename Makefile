@@ -4,6 +4,10 @@ SHELL := /bin/bash
 
 SANDBOX_PROVIDER ?= threatwinds
 SANDBOX_LISTEN ?= 127.0.0.1:8090
+# Where `make install-plugin` puts kubectl-keypair (in $(PREFIX)/bin), and the cargo
+# profile it builds with (`dev` builds faster).
+PREFIX ?= $(HOME)/.local
+PLUGIN_PROFILE ?= release
 
 .PHONY: help
 help: ## list the targets
@@ -17,6 +21,13 @@ demo: ## the demo: local control plane + sandbox + operator + a sample ApiKeyPai
 demo-down: ## stop what `make demo` started
 	-@for f in .cluster/demo/operator.pid .cluster/demo/sandbox.pid; do [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done
 	scripts/control-plane.sh down
+
+.PHONY: install-plugin
+install-plugin: ## build the kubectl plugin and install it as $(PREFIX)/bin/kubectl-keypair (`kubectl keypair ...`)
+	cargo build --locked --profile $(PLUGIN_PROFILE) --bin kubectl-keypair
+	install -D -m 0755 target/$(if $(filter dev,$(PLUGIN_PROFILE)),debug,$(PLUGIN_PROFILE))/kubectl-keypair $(PREFIX)/bin/kubectl-keypair
+	@echo "installed $(PREFIX)/bin/kubectl-keypair"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "note: $(PREFIX)/bin is not on PATH; add it, or run make install-plugin PREFIX=<dir on PATH>";; esac
 
 .PHONY: test
 test: ## run every test: installs what is missing, starts a local control plane, stops it after

@@ -21,6 +21,7 @@ enum Command {
     /// Run the operator: the ApiKeyPair and provider controllers.
     Run(keypair_operator::cli::RunArgs),
     /// Run a sandbox provider server that behaves as the provider's documentation says.
+    #[cfg(feature = "sandbox")]
     Sandbox(keypair_operator::sandbox::SandboxArgs),
 }
 
@@ -40,6 +41,7 @@ fn main() -> std::process::ExitCode {
                 rt.block_on(keypair_operator::cli::run(args))
                     .map_err(|e| e.to_string())
             }),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => {
             keypair_operator::telemetry::init_logging(
                 keypair_operator::telemetry::LogFormat::Text,
