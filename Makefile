@@ -34,10 +34,18 @@ test: ## run every test: installs what is missing, starts a local control plane,
 	scripts/test.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings as errors (with and without test features)
+lint: ## cargo fmt --check and clippy with warnings as errors (with and without test features, and as the production image builds)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --all-features -- -D warnings
+	cargo clippy --no-default-features -- -D warnings
+
+IMAGE ?= keypair-operator:0.1.0
+PLATFORMS ?= linux/amd64,linux/arm64
+
+.PHONY: image
+image: ## build the production image (no sandbox) for $(PLATFORMS) with docker buildx, tagged $(IMAGE)
+	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) .
 
 .PHONY: crds
 crds: ## regenerate crds/ and the Helm chart's crds/ from the Rust types
