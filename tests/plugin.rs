@@ -477,6 +477,41 @@ async fn a_threatwinds_key_left_by_a_crash_is_found_and_deleted_after_confirmati
     assert_eq!(report["orphans"], json!([]), "{after:?}");
     runs.push(after);
 
+    // The same account through a ClusterKeyPairProvider.
+    let cluster_provider = format!("plugin-{}", s.ns);
+    common::apply_json::<keypair_operator::crd::ClusterKeyPairProvider>(
+        &s.client,
+        None,
+        json!({"apiVersion": "keypairs.dev/v1alpha1", "kind": "ClusterKeyPairProvider",
+            "metadata": {"name": cluster_provider},
+            "spec": {"credentialsNamespace": s.ns, "threatwinds": {"url": s.sandbox.url(),
+                "sessionSecretRef": {"name": "tw-session", "key": "token"}}}}),
+    )
+    .await;
+    let cluster = plugin(
+        &[
+            "orphans",
+            &cluster_provider,
+            "--kind",
+            "ClusterKeyPairProvider",
+            "-o",
+            "json",
+        ],
+        "",
+    )
+    .await;
+    let report: Value = serde_json::from_str(&cluster.stdout).expect("orphans -o json parses");
+    assert_eq!(
+        (report["listed"].clone(), report["orphans"].clone()),
+        (json!(2), json!([])),
+        "{cluster:?}"
+    );
+    assert_eq!(
+        report["provider"],
+        format!("ClusterKeyPairProvider {cluster_provider}")
+    );
+    runs.push(cluster);
+
     let mut secrets = vec![SESSION_TOKEN.to_owned(), orphan.secret.clone()];
     secrets.extend(s.sandbox.keys().await.into_iter().map(|k| k.secret));
     assert_no_secret(&runs, &secrets);
