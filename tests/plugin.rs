@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use common::{Operator, Sandbox};
 use keypair_operator::crd::ApiKeyPair;
-use keypair_operator::sandbox::{DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, SandboxConfig};
+use keypair_operator::sandbox::SandboxConfig;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -24,6 +23,8 @@ struct Setup {
     client: Client,
     ns: String,
     sandbox: Sandbox,
+    /// Runs for as long as the test holds the setup (killed on drop).
+    #[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
     operator: Operator,
 }
 
@@ -45,6 +46,7 @@ impl Setup {
         setup
     }
 
+    #[cfg(feature = "failpoints")]
     async fn datonis(test: &str, env: &[(&str, &str)]) -> Setup {
         let setup = Self::start(test, SandboxConfig::datonis(), env).await;
         common::put_secret(
@@ -52,8 +54,11 @@ impl Setup {
             &setup.ns,
             "dt-creds",
             &[
-                ("email", DEFAULT_DATONIS_EMAIL),
-                ("password", DEFAULT_DATONIS_PASSWORD),
+                ("email", keypair_operator::sandbox::DEFAULT_DATONIS_EMAIL),
+                (
+                    "password",
+                    keypair_operator::sandbox::DEFAULT_DATONIS_PASSWORD,
+                ),
             ],
         )
         .await;
@@ -117,16 +122,21 @@ impl Setup {
 
     /// Simulates an operator that died mid-create and an admin who then removed the
     /// finalizer and deleted the resource: the remote key is left behind.
+    #[cfg(feature = "failpoints")]
     async fn crash_and_abandon(&mut self, name: &str, spec: Value) {
         self.akp(name, spec).await;
         let exit = self.operator.wait_exit(Duration::from_secs(60)).await;
         assert!(!exit.success(), "the operator aborted at the failpoint");
         assert_eq!(self.sandbox.keys().await.len(), 1, "the crash left a key");
-        let api: Api<ApiKeyPair> = Api::namespaced(self.client.clone(), &self.ns);
+        let api: kube::Api<ApiKeyPair> = kube::Api::namespaced(self.client.clone(), &self.ns);
         let patch = json!({"metadata": {"finalizers": null}});
-        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("remove finalizer");
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("remove finalizer");
         api.delete(name, &Default::default()).await.ok();
         common::wait_for(
             "abandoned resource gone",
@@ -547,7 +557,7 @@ async fn a_datonis_key_left_by_a_crash_is_reported_and_never_deleted() {
 
     let table = s.plugin(&["orphans", "p"], "").await;
     assert!(table.ok() && table.stdout.contains(&orphan.id), "{table:?}");
-    let mut secrets = vec![DEFAULT_DATONIS_PASSWORD.to_owned()];
+    let mut secrets = vec![keypair_operator::sandbox::DEFAULT_DATONIS_PASSWORD.to_owned()];
     secrets.extend(s.sandbox.keys().await.into_iter().map(|k| k.secret));
     assert_no_secret(&[run, table], &secrets);
 }
