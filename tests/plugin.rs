@@ -557,6 +557,9 @@ async fn a_datonis_key_left_by_a_crash_is_reported_and_never_deleted() {
 
     let table = s.plugin(&["orphans", "p"], "").await;
     assert!(table.ok() && table.stdout.contains(&orphan.id), "{table:?}");
+    let verify = s.plugin(&["verify", "web", "--code", "123456"], "").await;
+    assert_eq!(verify.code, Some(1), "{verify:?}");
+    assert!(verify.stderr.contains("need no verification"), "{verify:?}");
     let mut secrets = vec![keypair_operator::sandbox::DEFAULT_DATONIS_PASSWORD.to_owned()];
     secrets.extend(s.sandbox.keys().await.into_iter().map(|k| k.secret));
     assert_no_secret(&[run, table], &secrets);

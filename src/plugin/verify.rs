@@ -207,6 +207,11 @@ pub async fn run(
     let name = args.name.as_str();
     let who = format!("apikeypair {}/{name}", target.namespace);
     let akp = target.key_pair(name).await?;
+    if akp.spec.datonis.is_some() {
+        return Err(PluginError::Invalid(format!(
+            "{who} is a Datonis key pair: Datonis keys need no verification code"
+        )));
+    }
     let status = akp.status.clone().unwrap_or_default();
     let (mut key, _) = waiting_key(&status);
     let mut key = key.take().map(str::to_owned);
