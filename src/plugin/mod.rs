@@ -15,6 +15,7 @@ pub mod status;
 pub mod table;
 pub mod verify;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -240,7 +241,6 @@ pub async fn run(cli: Cli) -> Result<(), PluginError> {
         Command::Verify(args) => verify::run(&target, &args, &mut out).await,
         Command::NewCode(NameArg { name }) => {
             let value = annotate(&target, &name, REQUEST_NEW_CODE_ANNOTATION).await?;
-            use std::io::Write;
             writeln!(
                 out,
                 "apikeypair {}/{name}: new verification code requested ({REQUEST_NEW_CODE_ANNOTATION}={value})",
@@ -250,7 +250,6 @@ pub async fn run(cli: Cli) -> Result<(), PluginError> {
         }
         Command::Rotate(NameArg { name }) => {
             let value = annotate(&target, &name, ROTATE_ANNOTATION).await?;
-            use std::io::Write;
             writeln!(
                 out,
                 "apikeypair {}/{name}: rotation requested ({ROTATE_ANNOTATION}={value})",

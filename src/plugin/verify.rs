@@ -213,8 +213,7 @@ pub async fn run(
         )));
     }
     let status = akp.status.clone().unwrap_or_default();
-    let (mut key, _) = waiting_key(&status);
-    let mut key = key.take().map(str::to_owned);
+    let mut key = waiting_key(&status).0.map(str::to_owned);
     if key.is_some() && status.verified == Some(true) && status.pending_key.is_none() {
         writeln!(out, "{who}: already verified; nothing to do")?;
         return Ok(());
