@@ -4,6 +4,10 @@ SHELL := /bin/bash
 
 SANDBOX_PROVIDER ?= threatwinds
 SANDBOX_LISTEN ?= 127.0.0.1:8090
+# Where `make install-plugin` puts kubectl-keypair (in $(PREFIX)/bin), and the cargo
+# profile it builds with (`dev` builds faster).
+PREFIX ?= $(HOME)/.local
+PLUGIN_PROFILE ?= release
 
 .PHONY: help
 help: ## list the targets
@@ -18,15 +22,30 @@ demo-down: ## stop what `make demo` started
 	-@for f in .cluster/demo/operator.pid .cluster/demo/sandbox.pid; do [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; rm -f $$f; done
 	scripts/control-plane.sh down
 
+.PHONY: install-plugin
+install-plugin: ## build the kubectl plugin and install it as $(PREFIX)/bin/kubectl-keypair (`kubectl keypair ...`)
+	cargo build --locked --profile $(PLUGIN_PROFILE) --bin kubectl-keypair
+	install -D -m 0755 target/$(if $(filter dev,$(PLUGIN_PROFILE)),debug,$(PLUGIN_PROFILE))/kubectl-keypair $(PREFIX)/bin/kubectl-keypair
+	@echo "installed $(PREFIX)/bin/kubectl-keypair"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "note: $(PREFIX)/bin is not on PATH; add it, or run make install-plugin PREFIX=<dir on PATH>";; esac
+
 .PHONY: test
 test: ## run every test: installs what is missing, starts a local control plane, stops it after
 	scripts/test.sh
 
 .PHONY: lint
-lint: ## cargo fmt --check and clippy with warnings as errors (with and without test features)
+lint: ## cargo fmt --check and clippy with warnings as errors (with and without test features, and as the production image builds)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --all-features -- -D warnings
+	cargo clippy --no-default-features -- -D warnings
+
+IMAGE ?= keypair-operator:0.1.0
+PLATFORMS ?= linux/amd64,linux/arm64
+
+.PHONY: image
+image: ## build the production image (no sandbox) for $(PLATFORMS) with docker buildx, tagged $(IMAGE)
+	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) .
 
 .PHONY: bench
 bench: ## the scale benchmark (release build; BENCH_N=10000 for the full run): prints a table and one JSON line

@@ -9,13 +9,18 @@
 //! - [`controller`]: the `ApiKeyPair` and provider controllers.
 //! - [`provider`]: the provider trait, its ThreatWinds and Datonis clients and
 //!   their shared HTTP layer.
-//! - [`sandbox`]: sandbox provider servers that behave as the providers' docs say.
+//! - [`plugin`]: the `kubectl keypair` plugin (status, verify, new-code, rotate, inspect,
+//!   orphans); the `kubectl-keypair` binary is its thin front.
+//! - [`sandbox`]: sandbox provider servers that behave as the providers' docs say (cargo
+//!   feature `sandbox`, on by default, off in the production image).
 //! - [`telemetry`]: logging set-up.
 
 pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod plugin;
 pub mod provider;
+#[cfg(feature = "sandbox")]
 pub mod sandbox;
 pub mod telemetry;

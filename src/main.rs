@@ -19,8 +19,9 @@ enum Command {
         output_dir: Option<std::path::PathBuf>,
     },
     /// Run the operator: the ApiKeyPair and provider controllers.
-    Run(keypair_operator::cli::RunArgs),
+    Run(Box<keypair_operator::cli::RunArgs>),
     /// Run a sandbox provider server that behaves as the provider's documentation says.
+    #[cfg(feature = "sandbox")]
     Sandbox(keypair_operator::sandbox::SandboxArgs),
 }
 
@@ -37,9 +38,10 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => tokio::runtime::Runtime::new()
             .map_err(|e| format!("cannot start the async runtime: {e}"))
             .and_then(|rt| {
-                rt.block_on(keypair_operator::cli::run(args))
+                rt.block_on(keypair_operator::cli::run(*args))
                     .map_err(|e| e.to_string())
             }),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox(args) => {
             keypair_operator::telemetry::init_logging(
                 keypair_operator::telemetry::LogFormat::Text,

@@ -843,6 +843,22 @@ pub fn needs_replacement(akp: &ApiKeyPair, status: &ApiKeyPairStatus) -> bool {
     name_changed || validity_changed
 }
 
+/// The resource a remote name was made for, when it carries the operator's attempt token
+/// (`<display name> [<uid8>.<attempt>]`, see [`remote_name`]): the first 8 hex digits of
+/// that resource's UID. Names without a well-formed token (made by hand) give `None`.
+pub fn attempt_name_owner(name: &str) -> Option<&str> {
+    let token = attempt_token(name)?;
+    let (short, attempt) = token
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .split_once('.')?;
+    let well_formed = short.len() == 8
+        && short.chars().all(|c| c.is_ascii_hexdigit())
+        && !attempt.is_empty()
+        && attempt.chars().all(|c| c.is_ascii_digit());
+    well_formed.then_some(short)
+}
+
 /// The `[uid8.N]` token that ends an attempt's remote name.
 fn attempt_token(name: &str) -> Option<&str> {
     let start = name.rfind(" [")?;
@@ -1758,6 +1774,24 @@ mod tests {
         let mut other_key = key("k", "b");
         other_key.api_secret = None;
         assert!(import_matches("k", &credentials, &other_key).is_err());
+    }
+
+    #[test]
+    fn attempt_names_tell_their_resource() {
+        let uid = "0b6f3a52-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+        assert_eq!(
+            attempt_name_owner(&remote_name("ns/web", uid, 3)),
+            Some("0b6f3a52")
+        );
+        for by_hand in [
+            "web",
+            "web [x]",
+            "web [0b6f3a52]",
+            "web [0b6f3a5z.1]",
+            "web [0b6f3a52.]",
+        ] {
+            assert_eq!(attempt_name_owner(by_hand), None, "{by_hand}");
+        }
     }
 
     #[test]

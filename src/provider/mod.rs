@@ -20,6 +20,7 @@ pub use datonis::{
 };
 pub use error::ProviderError;
 /// The client's response-size limit, for the sandbox's `oversized` fault.
+#[cfg(feature = "sandbox")]
 pub(crate) use http::MAX_BODY_BYTES;
 pub use http::{HttpOptions, RateLimiter};
 pub use threatwinds::{SessionInfo, ThreatWindsClient};

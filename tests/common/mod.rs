@@ -361,6 +361,25 @@ impl Operator {
     }
 }
 
+/// When a test fails, says whether the operator had died and shows its log's last lines.
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let state = match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => format!("the operator had exited ({status})"),
+            Some(Ok(None)) => "the operator was still running".to_owned(),
+            Some(Err(e)) => format!("the operator's state is unknown ({e})"),
+            None => "the operator had been stopped by the test".to_owned(),
+        };
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        eprintln!("{state}; last lines of {}:\n{tail}", self.log.display());
+    }
+}
+
 /// Creates (or replaces) an Opaque Secret with string data.
 pub async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
