@@ -15,7 +15,8 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use secrecy::SecretString;
 
-use super::{Error, Scope, secret, watch};
+use super::watch::{self, MapObjects};
+use super::{Error, Scope, secret};
 use crate::crd::{ApiKeyPair, SecretKeyRef};
 
 /// Secret metadata as kept in the index.
@@ -143,22 +144,6 @@ pub fn key_pairs_reading(
         })
         .map(|akp| ObjectRef::from_obj(akp.as_ref()))
         .collect()
-}
-
-/// Lets a watch event's objects be rewritten.
-trait MapObjects<K> {
-    fn map_objects(self, f: impl Fn(K) -> K) -> Self;
-}
-
-impl<K> MapObjects<K> for watcher::Event<K> {
-    fn map_objects(self, f: impl Fn(K) -> K) -> Self {
-        match self {
-            watcher::Event::Apply(o) => watcher::Event::Apply(f(o)),
-            watcher::Event::InitApply(o) => watcher::Event::InitApply(f(o)),
-            watcher::Event::Delete(o) => watcher::Event::Delete(f(o)),
-            other => other,
-        }
-    }
 }
 
 #[cfg(test)]

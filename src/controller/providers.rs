@@ -145,12 +145,10 @@ impl Backend {
 #[derive(Clone)]
 pub struct ProviderHandle {
     backend: Backend,
-    /// Datonis: the create locks of this provider, by fingerprint (role, expiry date).
-    create_locks: Option<Arc<CreateLocks>>,
     /// Set when the provider refused the credentials: the next resolve re-reads them.
     credentials_suspect: Arc<AtomicBool>,
-    /// The provider's last key list, shared by every key pair that awaits its code.
-    list_cache: Arc<ListCache>,
+    /// What every key pair using this provider shares.
+    shared: Arc<SharedByKeyPairs>,
     metrics: Arc<Metrics>,
     /// `Kind namespace/name` of the provider resource.
     pub description: String,
@@ -163,10 +161,17 @@ impl ProviderHandle {
         operation: &'static str,
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
+        self.shared.hold.wait().await;
         let started = std::time::Instant::now();
         let result = call.await;
         if let Err(ProviderError::Unauthorized { .. }) = &result {
             self.credentials_suspect.store(true, Ordering::Relaxed);
+        }
+        if let Err(e @ (ProviderError::RateLimited { .. } | ProviderError::Forbidden { .. })) =
+            &result
+            && let Some(wait) = e.retry_after()
+        {
+            self.shared.hold.hold_for(wait);
         }
         let status = result.as_ref().map_or_else(ProviderError::class, |_| "ok");
         self.metrics
@@ -180,20 +185,24 @@ impl ProviderHandle {
     /// fingerprint in its window. ThreatWinds attempts carry unique names and run
     /// concurrently.
     pub async fn serialize_creates(&self, fingerprint: &CreateFingerprint) -> Option<CreateGuard> {
-        Some(self.create_locks.as_ref()?.lock(fingerprint).await)
+        if !matches!(self.backend, Backend::Datonis(_)) {
+            return None;
+        }
+        Some(self.shared.create_locks.lock(fingerprint).await)
     }
 
     /// The key `key_id` from a list taken less than the cache's age ago, taking a new list
     /// if the last one is older. `None` when that list does not show the key: only a
     /// fresh read may say a key is gone.
     async fn listed_recently(&self, key_id: &str) -> Option<RemoteKeyPair> {
-        if self.list_cache.ttl.is_zero() {
+        let cache = &self.shared.list;
+        if cache.ttl.is_zero() {
             return None;
         }
-        let mut cached = self.list_cache.keys.lock().await;
+        let mut cached = cache.keys.lock().await;
         let fresh = cached
             .as_ref()
-            .is_some_and(|(taken, _)| taken.elapsed() < self.list_cache.ttl);
+            .is_some_and(|(taken, _)| taken.elapsed() < cache.ttl);
         if !fresh {
             let listed = self.call("list", self.backend.api().list()).await.ok()?;
             *cached = Some((tokio::time::Instant::now(), Arc::new(listed)));
@@ -338,6 +347,38 @@ pub struct ListCache {
     keys: tokio::sync::Mutex<Option<(tokio::time::Instant, Arc<Vec<RemoteKeyPair>>)>>,
 }
 
+/// A provider's `Retry-After`, honoured by every key pair using it: when the provider
+/// asks one caller to wait, no other caller sends meanwhile.
+#[derive(Default)]
+pub struct Hold(Mutex<Option<tokio::time::Instant>>);
+
+impl Hold {
+    /// Holds every call until `wait` from now (a longer hold stays).
+    fn hold_for(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        if let Ok(mut held) = self.0.lock() {
+            *held = Some(held.map_or(until, |h| h.max(until)));
+        }
+    }
+
+    /// Waits until the provider's last `Retry-After` has passed.
+    async fn wait(&self) {
+        let until = self.0.lock().ok().and_then(|held| *held);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
+/// What every key pair using one provider shares: its key list, its create locks and its
+/// `Retry-After`.
+#[derive(Default)]
+pub struct SharedByKeyPairs {
+    list: ListCache,
+    create_locks: CreateLocks,
+    hold: Hold,
+}
+
 struct CachedLimiter {
     rate_limit: RateLimit,
     limiter: RateLimiter,
@@ -351,8 +392,7 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     backends: Arc<Mutex<HashMap<ProviderKey, CachedBackend>>>,
     limiters: Arc<Mutex<HashMap<ProviderKey, CachedLimiter>>>,
-    create_locks: Arc<Mutex<HashMap<ProviderKey, Arc<CreateLocks>>>>,
-    list_caches: Arc<Mutex<HashMap<ProviderKey, Arc<ListCache>>>>,
+    shared: Arc<Mutex<HashMap<ProviderKey, Arc<SharedByKeyPairs>>>>,
     list_ttl: Duration,
     stores: Option<ProviderStores>,
     namespaces: Arc<NamespaceLabels>,
@@ -435,8 +475,7 @@ impl Registry {
             metrics,
             backends: Arc::default(),
             limiters: Arc::default(),
-            create_locks: Arc::default(),
-            list_caches: Arc::default(),
+            shared: Arc::default(),
             list_ttl: Duration::ZERO,
             stores: None,
             namespaces: Arc::default(),
@@ -627,11 +666,9 @@ impl Registry {
             }
         };
         let (backend, suspect) = cached;
-        let create_locks = matches!(backend, Backend::Datonis(_)).then(|| self.create_locks(&key));
         Ok(ProviderHandle {
-            create_locks,
             credentials_suspect: suspect,
-            list_cache: self.list_cache(&key),
+            shared: self.shared(&key),
             backend,
             metrics: self.metrics.clone(),
             description: provider.describe(),
@@ -685,23 +722,19 @@ impl Registry {
         (backend, suspect)
     }
 
-    fn list_cache(&self, key: &ProviderKey) -> Arc<ListCache> {
+    fn shared(&self, key: &ProviderKey) -> Arc<SharedByKeyPairs> {
         let fresh = || {
-            Arc::new(ListCache {
-                ttl: self.list_ttl,
-                ..ListCache::default()
+            Arc::new(SharedByKeyPairs {
+                list: ListCache {
+                    ttl: self.list_ttl,
+                    ..ListCache::default()
+                },
+                ..SharedByKeyPairs::default()
             })
         };
-        match self.list_caches.lock() {
-            Ok(mut caches) => caches.entry(key.clone()).or_insert_with(fresh).clone(),
+        match self.shared.lock() {
+            Ok(mut shared) => shared.entry(key.clone()).or_insert_with(fresh).clone(),
             Err(_) => fresh(),
-        }
-    }
-
-    fn create_locks(&self, key: &ProviderKey) -> Arc<CreateLocks> {
-        match self.create_locks.lock() {
-            Ok(mut locks) => locks.entry(key.clone()).or_default().clone(),
-            Err(_) => Arc::default(),
         }
     }
 
@@ -1009,6 +1042,22 @@ mod tests {
         assert!(selector_matches(&expr("Exists", &[]), &labels));
         assert!(!selector_matches(&expr("DoesNotExist", &[]), &labels));
         assert!(!selector_matches(&expr("Bogus", &[]), &labels));
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_holds_every_caller_and_is_never_shortened() {
+        let hold = Hold::default();
+        let started = tokio::time::Instant::now();
+        hold.hold_for(Duration::from_millis(200));
+        hold.hold_for(Duration::from_millis(10));
+        hold.wait().await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let again = tokio::time::Instant::now();
+        hold.wait().await;
+        assert!(
+            again.elapsed() < Duration::from_millis(100),
+            "a past hold does not wait"
+        );
     }
 
     #[test]

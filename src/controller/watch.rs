@@ -44,8 +44,33 @@ where
     scoped_with(scope, store, move |namespace| {
         watcher::watcher(api(&client, namespace), config.clone())
             .default_backoff()
+            .map(|event| event.map(|e| e.map_objects(without_managed_fields)))
             .boxed()
     })
+}
+
+/// Nothing here reads `managedFields`, and at scale they are a large part of each cached
+/// object.
+fn without_managed_fields<K: Resource>(mut object: K) -> K {
+    object.meta_mut().managed_fields = None;
+    object
+}
+
+/// Lets a watch event's objects be rewritten before they are cached.
+pub trait MapObjects<K> {
+    /// The same event with `f` applied to each object it carries.
+    fn map_objects(self, f: impl Fn(K) -> K) -> Self;
+}
+
+impl<K> MapObjects<K> for Event<K> {
+    fn map_objects(self, f: impl Fn(K) -> K) -> Self {
+        match self {
+            Event::Apply(o) => Event::Apply(f(o)),
+            Event::InitApply(o) => Event::InitApply(f(o)),
+            Event::Delete(o) => Event::Delete(f(o)),
+            other => other,
+        }
+    }
 }
 
 /// A stream of watch events.

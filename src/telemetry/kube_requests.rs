@@ -15,6 +15,7 @@ pub fn counting_client(
 ) -> Result<kube::Client, kube::Error> {
     let count = tower::util::MapRequestLayer::new(move |request: Request<kube::client::Body>| {
         let (verb, resource) = classify(request.method(), request.uri());
+        tracing::trace!(verb, %resource, path = request.uri().path(), "kube request");
         metrics.kube_request(verb, &resource);
         request
     });
