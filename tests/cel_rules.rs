@@ -438,6 +438,40 @@ fn renew_before_rule_agrees_with_the_controller() {
     }
 }
 
+/// Every resource in `examples/` passes every rule, on create and on an update to itself.
+#[test]
+fn every_example_passes_the_rules() {
+    use serde::Deserialize;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut validators: BTreeMap<String, Validator> = BTreeMap::new();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read example");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object = Value::deserialize(document).expect("YAML");
+            let Some(kind) = object["kind"].as_str() else {
+                continue;
+            };
+            if !["ApiKeyPair", "KeyPairProvider", "ClusterKeyPairProvider"].contains(&kind) {
+                continue;
+            }
+            let v = validators
+                .entry(kind.to_owned())
+                .or_insert_with(|| Validator::new(kind));
+            let name = path.display();
+            assert_eq!(v.check(&object, None), Vec::<String>::new(), "{name}");
+            assert_eq!(
+                v.check(&object, Some(&object)),
+                Vec::<String>::new(),
+                "{name}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "the examples' resources");
+}
+
 fn assert_each_rule_both_ways(v: &Validator) {
     for rule in &v.rules {
         let key = format!("{}: {}", rule.at, rule.rule);
