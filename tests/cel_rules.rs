@@ -78,6 +78,8 @@ fn collect(kind: &str, path: &str, schema: &Value, out: &mut Vec<Rule>) {
             !message.trim().is_empty(),
             "{kind} {path}: {rule} has a message"
         );
+        // The API server refuses a message with a line break.
+        assert!(!message.contains('\n'), "{kind} {path}: one-line message");
         let program = Program::compile(&rule)
             .unwrap_or_else(|e| panic!("{kind} {path}: {rule} does not compile: {e}"));
         out.push(Rule {
