@@ -17,6 +17,10 @@ enum Command {
         /// Write one `<name>.yaml` file per CRD into this directory instead of printing.
         #[arg(long)]
         output_dir: Option<std::path::PathBuf>,
+        /// Leave out the CEL rules (`x-kubernetes-validations`): for API servers before
+        /// 1.25, which do not enforce them; 1.20 to 1.22 refuse them in a server-side apply.
+        #[arg(long)]
+        no_cel: bool,
     },
     /// Run the operator: the ApiKeyPair and provider controllers.
     Run(Box<keypair_operator::cli::RunArgs>),
@@ -28,12 +32,16 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crds { output_dir: None } => keypair_operator::crd::all_crds_yaml()
+        Command::Crds {
+            output_dir: None,
+            no_cel,
+        } => keypair_operator::crd::all_crds_yaml(!no_cel)
             .map(|yaml| print!("{yaml}"))
             .map_err(|e| format!("cannot render CRDs: {e}")),
         Command::Crds {
             output_dir: Some(dir),
-        } => keypair_operator::crd::write_crd_files(&dir)
+            no_cel,
+        } => keypair_operator::crd::write_crd_files(&dir, !no_cel)
             .map_err(|e| format!("cannot write CRDs to {}: {e}", dir.display())),
         Command::Run(args) => tokio::runtime::Runtime::new()
             .map_err(|e| format!("cannot start the async runtime: {e}"))

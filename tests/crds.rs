@@ -287,6 +287,51 @@ async fn api_server_rejects_invalid_objects_with_useful_messages() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The CRDs with their CEL rules, on the test API server: servers that enforce the rules
+/// (1.25 on) take them as they are; older ones take them by create and drop the rules,
+/// and those before 1.23 refuse them in a server-side apply, which is why the harness, the
+/// chart and the README leave the rules out there (`crd::all_crds_without_cel`).
+#[tokio::test]
+async fn crds_with_cel_rules_install_where_they_can() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let client = common::client_with_crds().await;
+    let minor = common::server_minor_version(&client).await;
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    let has_rules = |crd: &CustomResourceDefinition| {
+        json!(crd).to_string().contains("x-kubernetes-validations")
+    };
+    for crd in keypair_operator::crd::all_crds() {
+        assert!(has_rules(&crd));
+        // A create (dry run, as another group so as not to meet the installed CRD).
+        let mut copy = crd.clone();
+        copy.spec.group = "cel-check.keypairs.dev".into();
+        copy.metadata.name = Some(format!("{}.{}", copy.spec.names.plural, copy.spec.group));
+        let params = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let created = api
+            .create(&params, &copy)
+            .await
+            .unwrap_or_else(|e| panic!("create {:?} on 1.{minor}: {e}", copy.metadata.name));
+        assert_eq!(has_rules(&created), minor >= 23, "rules kept on 1.{minor}");
+
+        // A server-side apply (dry run) over the installed CRD.
+        let name = crd.metadata.name.clone().expect("name");
+        let mut params = PatchParams::apply("keypair-operator-cel-test").force();
+        params.dry_run = true;
+        let applied = api.patch(&name, &params, &Patch::Apply(&crd)).await;
+        match applied {
+            Ok(_) => assert!(minor >= 23, "1.{minor} took a server-side apply"),
+            Err(e) => {
+                assert!(minor < 23, "server-side apply of {name} on 1.{minor}: {e}");
+                assert!(e.to_string().contains("x-kubernetes-validations"), "{e}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn crds_are_established_with_printer_columns() {
     let client = common::client_with_crds().await;

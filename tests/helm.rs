@@ -216,14 +216,16 @@ fn numbers_as_floats(value: &mut Value) {
 }
 
 /// The rendered CRDs are accepted by the API server: a server-side apply dry run over the
-/// installed ones (the shared test cluster's CRDs are not Helm's to own).
+/// installed ones (the shared test cluster's CRDs are not Helm's to own), rendered for that
+/// server's version as `helm install` renders them.
 #[tokio::test]
 async fn chart_crds_apply_on_the_api_server() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Patch, PatchParams};
     let client = common::client_with_crds().await;
+    let version = format!("1.{}.0", common::server_minor_version(&client).await);
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client);
-    let objects = template(&[]).await.expect("render");
+    let objects = render(&["--kube-version", &version]).await.expect("render");
     let crds = of_kind(&objects, "CustomResourceDefinition");
     assert_eq!(crds.len(), 3);
     let mut params = PatchParams::apply("keypair-operator-helm-test").force();
@@ -244,6 +246,30 @@ async fn chart_crds_apply_on_the_api_server() {
             Some("keep")
         );
     }
+}
+
+/// The CEL rules are rendered for API servers that enforce them (1.25 on) and left out
+/// before: 1.20 to 1.22 do not know the field, and Helm's validation refuses it there.
+#[tokio::test]
+async fn chart_crds_carry_cel_rules_from_1_25() {
+    let rules = |objects: &[Value]| {
+        of_kind(objects, "CustomResourceDefinition")
+            .iter()
+            .map(|crd| crd.to_string().matches("x-kubernetes-validations").count())
+            .sum::<usize>()
+    };
+    let generated: usize = keypair_operator::crd::crd_files()
+        .expect("render CRDs")
+        .iter()
+        .map(|(_, yaml)| yaml.matches("x-kubernetes-validations").count())
+        .sum();
+    assert!(generated > 0);
+    for (version, expected) in [("1.20.2", 0), ("1.24.0", 0), ("1.25.0", generated)] {
+        let objects = render(&["--kube-version", version]).await.expect("render");
+        assert_eq!(rules(&objects), expected, "Kubernetes {version}");
+    }
+    let objects = render(&[]).await.expect("render");
+    assert_eq!(rules(&objects), generated, "Helm's default version");
 }
 
 #[tokio::test]

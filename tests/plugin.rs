@@ -564,3 +564,42 @@ async fn a_datonis_key_left_by_a_crash_is_reported_and_never_deleted() {
     secrets.extend(s.sandbox.keys().await.into_iter().map(|k| k.secret));
     assert_no_secret(&[run, table], &secrets);
 }
+
+/// Every `kubectl keypair ...` the README shows parses as the plugin's own command line:
+/// the concrete commands of its code blocks, and the inline ones without placeholders
+/// for optional parts (`[...]`, `a|b`).
+#[test]
+fn readme_plugin_commands_parse() {
+    use clap::{CommandFactory, Parser};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let mut commands: Vec<String> = readme
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("kubectl keypair "))
+        .map(|l| l.split(" #").next().unwrap_or(l).trim().to_owned())
+        .collect();
+    let code_block_commands = commands.len();
+    for piece in readme.split('`').skip(1).step_by(2) {
+        let piece = piece.trim();
+        if piece.starts_with("kubectl keypair ") && !piece.contains(['[', '|']) {
+            commands.push(piece.to_owned());
+        }
+    }
+    assert!(code_block_commands >= 7, "the walkthrough's commands");
+    let cli = keypair_operator::plugin::Cli::command();
+    for command in &commands {
+        let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+        // Prose names a subcommand alone ("`kubectl keypair inspect` shows the events").
+        if let [_, subcommand] = args.as_slice() {
+            assert!(
+                cli.find_subcommand(subcommand).is_some(),
+                "README: `{command}`: no such subcommand"
+            );
+            continue;
+        }
+        if let Err(e) = keypair_operator::plugin::Cli::try_parse_from(args) {
+            panic!("README: `{command}` does not parse:\n{e}");
+        }
+    }
+}

@@ -10,6 +10,34 @@ use serde::{Deserialize, Serialize};
 
 use super::{DNS_SUBDOMAIN, DURATION, SECRET_DATA_KEY, SecretKeyRef};
 
+/// CEL rule on the whole `ApiKeyPair` (a transition rule, enforced from Kubernetes 1.25 on):
+/// `spec.providerRef` may not move away from the provider recorded in `status.providerRef`
+/// while the resource owns a key there (a key id, or a create in flight). The same check
+/// as [`crate::controller::plan::refused_edit`], made before the edit is stored. An edit
+/// that leaves `providerRef` as it was, or sets it back to the recorded provider, passes,
+/// so objects stored with a refused edit stay editable.
+pub const PROVIDER_REF_RULE: &str = "!has(oldSelf.status) || !has(oldSelf.status.providerRef) \
+    || !(has(oldSelf.status.keyID) || has(oldSelf.status.pendingCreate)) \
+    || (self.spec.providerRef.kind == oldSelf.spec.providerRef.kind \
+    && self.spec.providerRef.name == oldSelf.spec.providerRef.name) \
+    || (self.spec.providerRef.kind == oldSelf.status.providerRef.kind \
+    && self.spec.providerRef.name == oldSelf.status.providerRef.name)";
+
+/// CEL rule on `ApiKeyPair.spec`: `renewBefore` is shorter than `validityDays`. Checked
+/// only for values in units CEL's `duration()` parses (`h`, `m`, `s`, `ms`); values with
+/// `d` or `w` are left to the controller ([`crate::controller::plan::renew_before`]), so
+/// the rule never refuses a value the controller accepts.
+pub const RENEW_BEFORE_RULE: &str = "!has(self.renewBefore) \
+    || !self.renewBefore.matches('^([0-9]+(ms|s|m|h))+$') \
+    || duration(self.renewBefore) < duration(string(self.validityDays * 24) + 'h')";
+
+/// CEL rule on `ApiKeyPair.spec.secretTemplate`: the two data keys differ, also from each
+/// other's `.pending` slot (where a replacement key waits), as
+/// [`crate::controller::plan::invalid_spec`] checks at run time.
+pub const SECRET_KEYS_RULE: &str = "!has(self.keys) || (self.keys.apiKey != self.keys.apiSecret \
+    && self.keys.apiKey != self.keys.apiSecret + '.pending' \
+    && self.keys.apiSecret != self.keys.apiKey + '.pending')";
+
 /// Desired state of an `ApiKeyPair`: which provider issues the key, for how long, and
 /// where its credentials go.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -29,9 +57,16 @@ use super::{DNS_SUBDOMAIN, DURATION, SECRET_DATA_KEY, SecretKeyRef};
     printcolumn = r#"{"name":"Renews","type":"string","jsonPath":".status.renewalTime"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".status.secretName"}"#,
     printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = kube::core::Rule::new(PROVIDER_REF_RULE).message(
+        "spec.providerRef cannot change while the key pair lives at the provider recorded in status.providerRef: set it back, or delete this ApiKeyPair (its key is deleted where it lives) and create a new one"
+    )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": RENEW_BEFORE_RULE,
+    "message": "renewBefore must be shorter than validityDays",
+}]))]
 pub struct ApiKeyPairSpec {
     /// The provider that issues this key pair.
     pub provider_ref: ProviderRef,
@@ -203,6 +238,10 @@ pub enum ProviderRefKind {
 /// Shape of the generated Secret.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": SECRET_KEYS_RULE,
+    "message": "keys.apiKey and keys.apiSecret must differ, and neither may be the other with a .pending suffix (where a replacement key waits)",
+}]))]
 pub struct SecretTemplate {
     /// Extra labels on the Secret (the operator's own labels win on conflict).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

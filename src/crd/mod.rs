@@ -5,8 +5,12 @@
 //! (`status`). The doc comments on every field become the CRD's OpenAPI descriptions, and
 //! every rule the OpenAPI v3 schema can express (ranges, enums, patterns, required fields,
 //! exactly-one-of) is declared here so the API server rejects bad input before the
-//! controller sees it. CEL (`x-kubernetes-validations`) is deliberately not used: the
-//! oldest API server we support (1.20) rejects CRDs that contain it.
+//! controller sees it. A few rules the OpenAPI schema cannot express (immutability while
+//! a key exists, bounds across fields) are CEL rules (`x-kubernetes-validations`), each
+//! with a message: API servers enforce them from Kubernetes 1.25 on (GA in 1.29), and
+//! older ones (down to 1.20, the oldest we support) accept the CRDs and drop the field.
+//! The controller makes the same checks at run time, so CEL only refuses earlier what the
+//! controller would refuse anyway (`tests/cel_rules.rs` evaluates every rule).
 
 mod api_key_pair;
 mod provider;
@@ -62,20 +66,57 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
     ]
 }
 
+/// Every CRD without its CEL rules (see [`strip_cel_rules`]), for API servers before 1.25.
+pub fn all_crds_without_cel() -> Vec<CustomResourceDefinition> {
+    all_crds().into_iter().map(strip_cel_rules).collect()
+}
+
+/// `crd` without any CEL rule (`x-kubernetes-validations`), for API servers that do not
+/// enforce them (before 1.25). Servers of 1.20 to 1.22 take such a CRD by create or
+/// replace (and drop the rules), but refuse it in a server-side apply ("field not declared
+/// in schema"), as do kubectl's and Helm's client-side validation. The controller makes
+/// the same checks at run time, so nothing is lost.
+pub fn strip_cel_rules(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    strip(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
 /// Every CRD as multi-document YAML: what `keypair-operator crds` prints and what is
-/// committed under `crds/`.
-pub fn all_crds_yaml() -> Result<String, serde_yaml::Error> {
-    Ok(crd_files()?
-        .into_iter()
-        .map(|(_, yaml)| format!("---\n{yaml}"))
-        .collect())
+/// committed under `crds/`. Without CEL rules if `cel` is false.
+pub fn all_crds_yaml(cel: bool) -> Result<String, serde_yaml::Error> {
+    Ok(crd_files_of(if cel {
+        all_crds()
+    } else {
+        all_crds_without_cel()
+    })?
+    .into_iter()
+    .map(|(_, yaml)| format!("---\n{yaml}"))
+    .collect())
 }
 
 /// Every CRD as `(file name, YAML)`, one file per CRD named `<plural>.<group>.yaml`:
 /// the layout of `crds/` and of the Helm chart's `files/crds/`.
 pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    all_crds()
-        .into_iter()
+    crd_files_of(all_crds())
+}
+
+fn crd_files_of(
+    crds: Vec<CustomResourceDefinition>,
+) -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    crds.into_iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"));
             Ok((name, serde_yaml::to_string(&crd)?))
@@ -83,11 +124,45 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .collect()
 }
 
-/// Writes [`crd_files`] into `dir`.
-pub fn write_crd_files(dir: &std::path::Path) -> std::io::Result<()> {
+/// Writes the CRD files into `dir` ([`crd_files`], or without CEL rules if `cel` is false).
+pub fn write_crd_files(dir: &std::path::Path, cel: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    for (name, yaml) in crd_files().map_err(std::io::Error::other)? {
+    let crds = if cel {
+        all_crds()
+    } else {
+        all_crds_without_cel()
+    };
+    for (name, yaml) in crd_files_of(crds).map_err(std::io::Error::other)? {
         std::fs::write(dir.join(name), yaml)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cel_rules_can_be_left_out() {
+        let rules = |crds: &[CustomResourceDefinition]| {
+            crds.iter()
+                .map(|c| serde_json::to_string(c).unwrap_or_default())
+                .map(|json| json.matches("x-kubernetes-validations").count())
+                .sum::<usize>()
+        };
+        let with = all_crds();
+        let without = all_crds_without_cel();
+        assert_eq!(
+            rules(&with),
+            5,
+            "a rule added or removed: update tests/cel_rules.rs"
+        );
+        assert_eq!(rules(&without), 0);
+        let names = |crds: &[CustomResourceDefinition]| {
+            crds.iter()
+                .map(|c| c.metadata.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&with), names(&without));
+    }
 }

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{DNS_SUBDOMAIN, SecretKeyRef, SecretRef};
 
+/// CEL rule on a provider's spec: exactly one API. The `oneOf` beside it already enforces
+/// this on every server; the rule adds a message that names the two fields (1.25+).
+pub const ONE_API_RULE: &str = "has(self.threatwinds) != has(self.datonis)";
+
 /// Pattern every provider base URL must match.
 const HTTP_URL: &str = r"^https?://[^\s/?#]+(/[^\s?#]*)?$";
 
@@ -73,7 +77,13 @@ pub struct ClusterKeyPairProviderSpec {
 /// optional client-side rate limit.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["threatwinds"]}, {"required": ["datonis"]}]))]
+#[schemars(extend(
+    "oneOf" = [{"required": ["threatwinds"]}, {"required": ["datonis"]}],
+    "x-kubernetes-validations" = [{
+        "rule": ONE_API_RULE,
+        "message": "set exactly one of threatwinds and datonis",
+    }],
+))]
 pub struct ProviderConnection {
     /// ThreatWinds auth v2 key pairs. Exactly one of `threatwinds` and `datonis` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -94,3 +94,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: [namespaces]
   verbs: [get, list, watch]
 {{- end -}}
+
+{{- /*
+Removes every `x-kubernetes-validations` (CEL rules) from a parsed schema, in place. For
+API servers before 1.25, which do not enforce the rules: 1.20 to 1.22 do not know the field,
+and Helm's (and kubectl's) client-side validation refuses a CRD that has it.
+*/ -}}
+{{- define "keypair-operator.dropCelRules" -}}
+{{- if kindIs "map" . }}
+{{- $_ := unset . "x-kubernetes-validations" }}
+{{- range $_, $v := . }}{{ include "keypair-operator.dropCelRules" $v }}{{ end }}
+{{- else if kindIs "slice" . }}
+{{- range . }}{{ include "keypair-operator.dropCelRules" . }}{{ end }}
+{{- end }}
+{{- end }}
