@@ -304,14 +304,19 @@ impl Metrics {
         set(&self.ready, &labels, Some(i64::from(figures.ready)));
     }
 
-    fn remove_key_pair(&self, labels: &KeyPairLabels) {
-        for family in [
+    /// Every per-`ApiKeyPair` gauge family.
+    fn key_pair_families(&self) -> [&IntGauges<KeyPairLabels>; 5] {
+        [
             &self.expiration,
             &self.renewal,
             &self.renewal_overdue,
             &self.awaiting_verification,
             &self.ready,
-        ] {
+        ]
+    }
+
+    fn remove_key_pair(&self, labels: &KeyPairLabels) {
+        for family in self.key_pair_families() {
             family.remove(labels);
         }
     }
@@ -371,13 +376,7 @@ impl Metrics {
         if let Ok(mut known) = self.providers.lock() {
             known.clear();
         }
-        for family in [
-            &self.expiration,
-            &self.renewal,
-            &self.renewal_overdue,
-            &self.awaiting_verification,
-            &self.ready,
-        ] {
+        for family in self.key_pair_families() {
             family.clear();
         }
         self.provider_ready.clear();
