@@ -451,6 +451,7 @@ pub fn invalid_spec(akp: &ApiKeyPair, kind: ProviderKind) -> Option<String> {
         _ => {}
     }
     let checks = [
+        super::secret::template_problem(akp),
         renew_before(akp).err(),
         grace_period(akp).err(),
         akp.spec
