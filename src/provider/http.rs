@@ -535,7 +535,8 @@ pub(crate) fn status_error(
                 .to_ascii_lowercase()
         });
     let message = format!("{context}: HTTP {code}: {text}");
-    let error_id = error_id.and_then(|id| sanitize_error_id(&id));
+    // An id is shown as is, so a secret the request sent that a server echoes there goes.
+    let error_id = error_id.and_then(|id| sanitize_error_id(&redact::scrub_known(&id, secrets)));
     let retry_after = if matches!(code, 403 | 429 | 503) {
         headers
             .get(RETRY_AFTER)
@@ -959,6 +960,15 @@ mod tests {
             r#"{"errors":{"password":["pw-value-1"]}}"#,
         );
         assert!(!e.to_string().contains("pw-value-1"), "{e}");
+    }
+
+    #[test]
+    fn an_error_id_echoing_a_sent_secret_is_scrubbed() {
+        let sent = SecretString::from("Zq_0A0_00-");
+        let hdrs = headers(&[("x-error-id", "Zq_0A0_00-")]);
+        let status = StatusCode::from_u16(400).expect("status");
+        let e = layer(ErrorDialect::ThreatWinds).status_error("get", status, &hdrs, b"", &[&sent]);
+        assert!(!format!("{e} {e:?}").contains("Zq_0A0_00-"), "{e:?}");
     }
 
     #[test]
