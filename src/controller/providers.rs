@@ -951,13 +951,8 @@ async fn reconcile_provider<P: ProviderResource>(
                 action: "CheckCredentials".to_owned(),
                 secondary: None,
             };
-            if let Err(error) = ctx
-                .recorder
-                .publish(&event, &provider.object_ref(&()))
-                .await
-            {
-                warn!(%error, "cannot publish event");
-            }
+            let reference = provider.object_ref(&());
+            super::publish_event(&ctx.recorder, &ctx.client, &event, &reference).await;
         }
     }
     Ok(Action::requeue(next))

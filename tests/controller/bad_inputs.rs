@@ -480,6 +480,9 @@ async fn bad_inputs_get_clear_conditions_and_no_write_storm() {
             .map(String::as_str),
         Some("für 🔑 ключ")
     );
+    // Events about an object with a name too long for the usual event names are published.
+    let events = common::events_for(&s.client, &s.ns, &long_name).await;
+    assert!(!events.is_empty(), "no event about {long_name}");
     let long = unicode.get("long-name").await.expect("Secret long-name");
     let owner = long.metadata.labels.unwrap_or_default()["keypairs.dev/api-key-pair"].clone();
     assert!(owner.len() <= 63, "{owner}");
