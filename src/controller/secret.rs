@@ -350,10 +350,16 @@ pub fn view_secret(akp: &ApiKeyPair, secret: Option<&Secret>) -> SecretView {
     view_secret_as(akp, secret, &data_keys(akp))
 }
 
-/// The credentials a Secret holds under `keys`, whoever owns it (to import them).
+/// The credentials a Secret holds under `keys`, whoever owns it (to import them). Values
+/// are trimmed: a Secret made by hand (`kubectl create secret --from-file`) often ends them
+/// with a newline, which is no part of a key or secret.
 pub fn credentials_in(secret: &Secret, keys: &SecretDataKeys) -> Option<Credentials> {
     let data = secret.data.as_ref()?;
-    let read = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+    let read = |key: &str| {
+        String::from_utf8(data.get(key)?.0.clone())
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
     let api_key = read(&keys.api_key)?;
     let api_secret = read(&keys.api_secret)?;
     (!api_key.is_empty() && !api_secret.is_empty()).then(|| Credentials {
@@ -576,6 +582,27 @@ mod tests {
                 .as_deref(),
             Some("example.com/api-key")
         );
+    }
+
+    #[test]
+    fn imported_credentials_are_trimmed_and_blank_ones_are_none() {
+        let secret = |k: &[u8], s: &[u8]| Secret {
+            data: Some(
+                [
+                    ("apiKey".to_owned(), ByteString(k.to_vec())),
+                    ("apiSecret".to_owned(), ByteString(s.to_vec())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let keys = SecretDataKeys::default();
+        assert_eq!(
+            credentials_in(&secret(b"key\n", b" s3cret \r\n"), &keys),
+            Some(creds("key", "s3cret"))
+        );
+        assert_eq!(credentials_in(&secret(b"key", b" \n"), &keys), None);
+        assert_eq!(credentials_in(&secret(b"key", &[0xff]), &keys), None);
     }
 
     fn keys(api_key: &str, api_secret: &str) -> SecretDataKeys {

@@ -535,8 +535,16 @@ pub(crate) fn status_error(
                 .to_ascii_lowercase()
         });
     let message = format!("{context}: HTTP {code}: {text}");
-    // An id is shown as is, so a secret the request sent that a server echoes there goes.
-    let error_id = error_id.and_then(|id| sanitize_error_id(&redact::scrub_known(&id, secrets)));
+    // An id is shown as is, so a secret the request sent that a server echoes there goes,
+    // also one the id's character filter would join up (`sec ret` is `secret` once the
+    // space is dropped): scrubbed before and after filtering, cut to length only then.
+    let error_id = error_id.and_then(|id| {
+        let kept: String = redact::scrub_known(&id, secrets)
+            .chars()
+            .filter(|c| is_error_id_char(*c))
+            .collect();
+        sanitize_error_id(&redact::scrub_known(&kept, secrets))
+    });
     let retry_after = if matches!(code, 403 | 429 | 503) {
         headers
             .get(RETRY_AFTER)
@@ -658,11 +666,16 @@ fn flatten_message(v: &Value) -> Option<String> {
     }
 }
 
+/// Whether an error id keeps this character.
+fn is_error_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+}
+
 /// Keeps an error id short and printable (it is shown to users as is).
 fn sanitize_error_id(id: &str) -> Option<String> {
     let clean: String = id
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        .filter(|c| is_error_id_char(*c))
         .take(64)
         .collect();
     (!clean.is_empty()).then_some(clean)
@@ -967,6 +980,10 @@ mod tests {
         let sent = SecretString::from("Zq_0A0_00-");
         let hdrs = headers(&[("x-error-id", "Zq_0A0_00-")]);
         let status = StatusCode::from_u16(400).expect("status");
+        let e = layer(ErrorDialect::ThreatWinds).status_error("get", status, &hdrs, b"", &[&sent]);
+        assert!(!format!("{e} {e:?}").contains("Zq_0A0_00-"), "{e:?}");
+        // Also when the filter of id characters would join it up.
+        let hdrs = headers(&[("x-error-id", "Zq_0A0 _00-")]);
         let e = layer(ErrorDialect::ThreatWinds).status_error("get", status, &hdrs, b"", &[&sent]);
         assert!(!format!("{e} {e:?}").contains("Zq_0A0_00-"), "{e:?}");
     }

@@ -469,6 +469,47 @@ async fn bad_inputs_get_clear_conditions_and_no_write_storm() {
         assert!(data.get(v).is_some_and(|v| !v.is_empty()), "{name}");
     }
     s.wait_ready("datonis-newline", "True", "Ready").await;
+
+    // A key made by hand, imported from a Secret whose values end in newlines: adopted,
+    // and the Secret holds them trimmed.
+    let by_hand = {
+        use keypair_operator::provider::{
+            CreateKeyPair, DatonisClient, DatonisCredentials, HttpOptions, KeyPairApi,
+        };
+        let credentials = DatonisCredentials::Password {
+            email: DEFAULT_DATONIS_EMAIL.into(),
+            password: secrecy::SecretString::from(DEFAULT_DATONIS_PASSWORD),
+        };
+        let client =
+            DatonisClient::new(&dt.url(), credentials, HttpOptions::default()).expect("client");
+        let request = CreateKeyPair {
+            name: "by hand".into(),
+            validity_days: 30,
+            role_key: Some("1946c4ce5c".into()),
+        };
+        client.create(&request).await.expect("create by hand")
+    };
+    let hand_secret = secrecy::ExposeSecret::expose_secret(&by_hand.api_secret).to_owned();
+    let (k, v) = (
+        format!("{}\n", by_hand.key.api_key),
+        format!("{hand_secret} \r\n"),
+    );
+    put_raw_secret(
+        &s,
+        "by-hand",
+        &[("apiKey", k.as_bytes()), ("apiSecret", v.as_bytes())],
+    )
+    .await;
+    s.akp(
+        "datonis-import",
+        json!({"providerRef": {"name": "dt"}, "validityDays": 30, "secretName": "by-hand",
+               "datonis": {"roleKey": "1946c4ce5c"}, "import": {"keyID": by_hand.key.key_id}}),
+    )
+    .await;
+    s.wait_ready("datonis-import", "True", "Ready").await;
+    let data = s.secret("by-hand").await.expect("Secret by-hand");
+    assert_eq!(data["apiKey"], by_hand.key.api_key);
+    assert_eq!(data["apiSecret"], hand_secret);
     let unicode: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
     let secret = unicode.get("unicode").await.expect("Secret unicode");
     assert_eq!(
@@ -543,5 +584,5 @@ async fn bad_inputs_get_clear_conditions_and_no_write_storm() {
         "the operator is down"
     );
     assert!(s.operator.pid().is_some());
-    assert_eq!(dt.keys().await.len(), 1);
+    assert_eq!(dt.keys().await.len(), 2, "the created and the imported key");
 }
