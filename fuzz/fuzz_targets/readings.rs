@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = fuzzing::boolean(v);
         let _ = fuzzing::integer(v);
     }
-    let now = Utc.timestamp_opt(1_700_000_000, 0).single().unwrap_or_default();
+    let now = Utc
+        .timestamp_opt(1_700_000_000, 0)
+        .single()
+        .unwrap_or_default();
     if let Some(d) = fuzzing::retry_after(&text, now) {
         assert!(d <= Duration::from_secs(86_400), "{text:?} -> {d:?}");
     }
@@ -38,7 +41,13 @@ fuzz_target!(|data: &[u8]| {
     let with_sent = text.replace('~', SENT);
     let sent = [SecretString::from(SENT)];
     let e = fuzzing::excerpt(with_sent.as_bytes(), &sent);
-    assert!(e.chars().count() <= 200 && !e.contains('\n') && !e.contains(SENT), "{e}");
+    assert!(
+        e.chars().count() <= 200 && !e.contains('\n') && !e.contains(SENT),
+        "{e}"
+    );
     let m = fuzzing::message(&with_sent, &sent);
-    assert!(m.chars().count() <= 300 && !m.contains('\n') && !m.contains(SENT), "{m}");
+    assert!(
+        m.chars().count() <= 300 && !m.contains('\n') && !m.contains(SENT),
+        "{m}"
+    );
 });

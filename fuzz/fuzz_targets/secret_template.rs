@@ -27,9 +27,9 @@ fuzz_target!(|data: &[u8]| {
         },
         type_: (!type_.is_empty()).then_some(type_),
     };
-    let Ok(mut spec) = serde_json::from_value::<ApiKeyPairSpec>(
-        serde_json::json!({"providerRef": {"name": "p"}}),
-    ) else {
+    let Ok(mut spec) =
+        serde_json::from_value::<ApiKeyPairSpec>(serde_json::json!({"providerRef": {"name": "p"}}))
+    else {
         return;
     };
     spec.secret_template = Some(template);
@@ -42,9 +42,16 @@ fuzz_target!(|data: &[u8]| {
         format!("{api_key}.pending"),
         format!("{api_secret}.pending"),
     ];
-    let distinct = names.iter().collect::<std::collections::BTreeSet<_>>().len() == 4;
+    let distinct = names
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        == 4;
     let problem = secret::template_problem(&akp);
-    assert!(distinct || problem.is_some(), "colliding keys accepted: {names:?}");
+    assert!(
+        distinct || problem.is_some(),
+        "colliding keys accepted: {names:?}"
+    );
     if problem.is_some() {
         return;
     }
@@ -64,5 +71,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(data[&api_secret].0, SECRET.as_bytes());
     assert_eq!(data[&names[3]].0, PENDING.as_bytes());
     let outside = serde_json::to_string(&desired).unwrap_or_default();
-    assert!(!outside.contains(SECRET) && !outside.contains(PENDING), "{outside}");
+    assert!(
+        !outside.contains(SECRET) && !outside.contains(PENDING),
+        "{outside}"
+    );
 });
