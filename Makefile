@@ -33,6 +33,12 @@ install-plugin: ## build the kubectl plugin and install it as $(PREFIX)/bin/kube
 test: ## run every test: installs what is missing, starts a local control plane, stops it after
 	scripts/test.sh
 
+FUZZ_SECONDS ?= 60
+
+.PHONY: fuzz
+fuzz: ## run every cargo-fuzz target under fuzz/ for FUZZ_SECONDS each (default 60); installs nightly and cargo-fuzz when missing
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
 .PHONY: lint
 lint: ## cargo fmt --check and clippy with warnings as errors (with and without test features, and as the production image builds)
 	cargo fmt --all -- --check

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, Utc};
 use crate::conditions::{reason, status};
 use crate::crd::{
     ApiKeyPair, ApiKeyPairStatus, DeletionPolicy, PreviousKey, ProviderRef, RenewalStrategy,
-    ReplacementStage, SecretDataKeys,
+    ReplacementStage,
 };
 use crate::provider::{ProviderError, ProviderKind, RemoteKeyPair, UpdateKeyPair};
 
@@ -451,7 +451,7 @@ pub fn invalid_spec(akp: &ApiKeyPair, kind: ProviderKind) -> Option<String> {
         _ => {}
     }
     let checks = [
-        secret_keys_clash(&super::secret::data_keys(akp)),
+        super::secret::template_problem(akp),
         renew_before(akp).err(),
         grace_period(akp).err(),
         akp.spec
@@ -460,21 +460,6 @@ pub fn invalid_spec(akp: &ApiKeyPair, kind: ProviderKind) -> Option<String> {
             .and_then(|t| parse_duration("spec.checkInterval", t).err()),
     ];
     checks.into_iter().flatten().next()
-}
-
-/// Whether the Secret's two data keys would overwrite each other, directly or through the
-/// `.pending` slot of a replacement key (the Secret would then never hold the key).
-pub fn secret_keys_clash(keys: &SecretDataKeys) -> Option<String> {
-    use super::secret::PENDING_SUFFIX;
-    let (key, secret) = (keys.api_key.as_str(), keys.api_secret.as_str());
-    let clash = key == secret
-        || key == format!("{secret}{PENDING_SUFFIX}")
-        || secret == format!("{key}{PENDING_SUFFIX}");
-    clash.then(|| {
-        format!(
-            "spec.secretTemplate.keys: apiKey {key:?} and apiSecret {secret:?} must differ, and neither may be the other with a {PENDING_SUFFIX} suffix (where a replacement key waits)"
-        )
-    })
 }
 
 /// When a key that expires at `expire_at` is renewed.

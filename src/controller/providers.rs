@@ -785,8 +785,15 @@ impl Registry {
         if let Some(tw) = &connection.threatwinds {
             let key = &tw.session_secret_ref.key;
             let token = value(key).ok_or_else(|| {
-                not_ready(format!("credentials Secret {secret_name} has no key {key}"))
+                not_ready(format!(
+                    "credentials Secret {secret_name} has no usable value under key {key} (missing, empty, blank or not UTF-8)"
+                ))
             })?;
+            if !fits_a_header(&token) {
+                return Err(not_ready(format!(
+                    "credentials Secret {secret_name}: the value under key {key} has control characters, which no HTTP header can carry"
+                )));
+            }
             let client = ThreatWindsClient::new(&tw.url, SecretString::from(token), options)?;
             return Ok(Backend::Threatwinds(Arc::new(client)));
         }
@@ -798,16 +805,26 @@ impl Registry {
                 email,
                 password: SecretString::from(password),
             },
+            (_, _, Some(token)) if !fits_a_header(&token) => {
+                return Err(not_ready(format!(
+                    "credentials Secret {secret_name}: the value under key authToken has control characters, which no HTTP header can carry"
+                )));
+            }
             (_, _, Some(token)) => DatonisCredentials::Token(SecretString::from(token)),
             _ => {
                 return Err(not_ready(format!(
-                    "credentials Secret {secret_name} needs keys email and password, or authToken"
+                    "credentials Secret {secret_name} needs keys email and password, or authToken (each non-empty UTF-8 text)"
                 )));
             }
         };
         let client = DatonisClient::new(&datonis.url, credentials, options)?;
         Ok(Backend::Datonis(Arc::new(client)))
     }
+}
+
+/// Whether a credential can be sent in an HTTP header (no control characters but tab).
+fn fits_a_header(value: &str) -> bool {
+    http::HeaderValue::from_str(value).is_ok()
 }
 
 /// Whether `labels` match a Kubernetes label selector (matchLabels and matchExpressions).
@@ -967,13 +984,8 @@ async fn reconcile_provider<P: ProviderResource>(
                 action: "CheckCredentials".to_owned(),
                 secondary: None,
             };
-            if let Err(error) = ctx
-                .recorder
-                .publish(&event, &provider.object_ref(&()))
-                .await
-            {
-                warn!(%error, "cannot publish event");
-            }
+            let reference = provider.object_ref(&());
+            super::publish_event(&ctx.recorder, &ctx.client, &event, &reference).await;
         }
     }
     Ok(Action::requeue(next))

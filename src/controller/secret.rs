@@ -114,7 +114,7 @@ pub fn desired_secret(akp: &ApiKeyPair, contents: &SecretContents) -> Secret {
     let mut labels = template.labels;
     // The operator's own labels win: the watch depends on them.
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
-    labels.insert(OWNER_LABEL.to_owned(), akp.name_any());
+    labels.insert(OWNER_LABEL.to_owned(), owner_label_value(&akp.name_any()));
 
     let mut data = BTreeMap::new();
     let mut put = |suffix: &str, creds: &Credentials| {
@@ -148,6 +148,190 @@ pub fn desired_secret(akp: &ApiKeyPair, contents: &SecretContents) -> Secret {
     }
 }
 
+/// Longest label value Kubernetes accepts.
+const LABEL_VALUE_MAX: usize = 63;
+
+/// Most bytes all annotations of one object may take (keys and values), as the API server
+/// counts them.
+const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
+
+/// Longest Secret data key.
+const DATA_KEY_MAX: usize = 253;
+
+/// The [`OWNER_LABEL`] value for an `ApiKeyPair` called `name`: the name itself when it
+/// fits a label value (63 characters), else its first characters and a hash of the whole
+/// (names may have up to 253).
+pub fn owner_label_value(name: &str) -> String {
+    if name.len() <= LABEL_VALUE_MAX {
+        return name.to_owned();
+    }
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(&Sha256::digest(name.as_bytes())[..4]);
+    let head: String = name
+        .chars()
+        .take(LABEL_VALUE_MAX - hash.len() - 1)
+        .collect();
+    let head = head.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{head}-{hash}")
+}
+
+/// Why the data key names cannot hold a key pair: each of the four names the Secret may
+/// get (the two keys and their [`PENDING_SUFFIX`] twins) must be a valid, distinct data
+/// key, or one credential would silently replace another (or the API server would refuse
+/// the Secret after the key pair was created).
+pub fn data_keys_problem(keys: &SecretDataKeys) -> Option<String> {
+    let names = [
+        ("apiKey", keys.api_key.clone()),
+        ("apiSecret", keys.api_secret.clone()),
+        (
+            "apiKey (pending)",
+            format!("{}{PENDING_SUFFIX}", keys.api_key),
+        ),
+        (
+            "apiSecret (pending)",
+            format!("{}{PENDING_SUFFIX}", keys.api_secret),
+        ),
+    ];
+    for (i, (what, name)) in names.iter().enumerate() {
+        if let Some(why) = data_key_problem(name) {
+            return Some(format!(
+                "spec.secretTemplate.keys: the {what} data key {name:?} {why}"
+            ));
+        }
+        if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
+            return Some(format!(
+                "spec.secretTemplate.keys: the {other} and {what} data keys are both {name:?}; each credential needs its own key"
+            ));
+        }
+    }
+    None
+}
+
+/// Why `key` is no valid Secret data key (Kubernetes' rules), if it is not.
+fn data_key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        Some("is empty")
+    } else if key.len() > DATA_KEY_MAX {
+        Some("is longer than 253 characters")
+    } else if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        Some("may only have letters, digits, '-', '.' and '_'")
+    } else if key == "." || key.starts_with("..") {
+        Some("may not be '.' or start with '..'")
+    } else {
+        None
+    }
+}
+
+/// Whether `name` is a DNS-1123 subdomain (a label or annotation key prefix).
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+/// Whether `name` is a label value, or the name part of a label or annotation key: at most
+/// 63 alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric (or empty,
+/// where `empty_ok`).
+fn is_label_name(name: &str, empty_ok: bool) -> bool {
+    if name.is_empty() {
+        return empty_ok;
+    }
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.len() <= LABEL_VALUE_MAX
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Whether `key` is a qualified name (`[prefix/]name`), as label and annotation keys are.
+fn is_qualified_name(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_name(name, false),
+        None => is_label_name(key, false),
+    }
+}
+
+/// A key or value cut for a message (labels and annotations are not secret, but may be
+/// huge).
+fn shown(text: &str) -> String {
+    const MAX: usize = 64;
+    if text.chars().count() <= MAX {
+        format!("{text:?}")
+    } else {
+        let head: String = text.chars().take(MAX).collect();
+        format!("{head:?}… ({} bytes)", text.len())
+    }
+}
+
+/// Why the Secret this `ApiKeyPair` asks for could never be written (the API server would
+/// refuse its labels, annotations or type), or would lose a credential (colliding data
+/// keys). Checked before any key pair is created for it: a key pair whose secret cannot be
+/// stored must not be made.
+pub fn template_problem(akp: &ApiKeyPair) -> Option<String> {
+    if let Some(why) = data_keys_problem(&data_keys(akp)) {
+        return Some(why);
+    }
+    let template = akp.spec.secret_template.clone().unwrap_or_default();
+    for (key, value) in &template.labels {
+        if !is_qualified_name(key) {
+            return Some(format!(
+                "spec.secretTemplate.labels: {} is no valid label key ([prefix/]name, name at most 63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric)",
+                shown(key)
+            ));
+        }
+        if !is_label_name(value, true) {
+            return Some(format!(
+                "spec.secretTemplate.labels: the value of {} is no valid label value (at most 63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric)",
+                shown(key)
+            ));
+        }
+    }
+    let mut total = DATA_HASH_ANNOTATION.len() + 32;
+    for (key, value) in &template.annotations {
+        if !is_qualified_name(key) {
+            return Some(format!(
+                "spec.secretTemplate.annotations: {} is no valid annotation key ([prefix/]name, name at most 63 characters of [A-Za-z0-9-_.], starting and ending alphanumeric)",
+                shown(key)
+            ));
+        }
+        total += key.len() + value.len();
+    }
+    if total > ANNOTATIONS_MAX_BYTES {
+        return Some(format!(
+            "spec.secretTemplate.annotations take {total} bytes with the operator's own; a Secret's annotations may take at most {ANNOTATIONS_MAX_BYTES}"
+        ));
+    }
+    if let Some(type_) = &template.type_ {
+        let keys = data_keys(akp);
+        let has = |k: &str| keys.api_key == k || keys.api_secret == k;
+        let fits = match type_.as_str() {
+            "kubernetes.io/basic-auth" => has("username") || has("password"),
+            "kubernetes.io/tls" => has("tls.crt") && has("tls.key"),
+            t => !t.starts_with("kubernetes.io/"),
+        };
+        if type_.trim().is_empty() || !fits {
+            return Some(format!(
+                "spec.secretTemplate.type {} cannot hold the credentials under keys {:?} and {:?} (kubernetes.io/basic-auth needs a key username or password, kubernetes.io/tls the keys tls.crt and tls.key; other kubernetes.io/ types cannot be used)",
+                shown(type_),
+                keys.api_key,
+                keys.api_secret
+            ));
+        }
+    }
+    None
+}
+
 /// A short SHA-256 of the data (keys and values), which cannot be turned back into them.
 fn data_hash(data: &BTreeMap<String, ByteString>) -> String {
     use sha2::{Digest, Sha256};
@@ -166,10 +350,16 @@ pub fn view_secret(akp: &ApiKeyPair, secret: Option<&Secret>) -> SecretView {
     view_secret_as(akp, secret, &data_keys(akp))
 }
 
-/// The credentials a Secret holds under `keys`, whoever owns it (to import them).
+/// The credentials a Secret holds under `keys`, whoever owns it (to import them). Values
+/// are trimmed: a Secret made by hand (`kubectl create secret --from-file`) often ends them
+/// with a newline, which is no part of a key or secret.
 pub fn credentials_in(secret: &Secret, keys: &SecretDataKeys) -> Option<Credentials> {
     let data = secret.data.as_ref()?;
-    let read = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+    let read = |key: &str| {
+        String::from_utf8(data.get(key)?.0.clone())
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
     let api_key = read(&keys.api_key)?;
     let api_secret = read(&keys.api_secret)?;
     (!api_key.is_empty() && !api_secret.is_empty()).then(|| Credentials {
@@ -392,6 +582,123 @@ mod tests {
                 .as_deref(),
             Some("example.com/api-key")
         );
+    }
+
+    #[test]
+    fn imported_credentials_are_trimmed_and_blank_ones_are_none() {
+        let secret = |k: &[u8], s: &[u8]| Secret {
+            data: Some(
+                [
+                    ("apiKey".to_owned(), ByteString(k.to_vec())),
+                    ("apiSecret".to_owned(), ByteString(s.to_vec())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let keys = SecretDataKeys::default();
+        assert_eq!(
+            credentials_in(&secret(b"key\n", b" s3cret \r\n"), &keys),
+            Some(creds("key", "s3cret"))
+        );
+        assert_eq!(credentials_in(&secret(b"key", b" \n"), &keys), None);
+        assert_eq!(credentials_in(&secret(b"key", &[0xff]), &keys), None);
+    }
+
+    fn keys(api_key: &str, api_secret: &str) -> SecretDataKeys {
+        SecretDataKeys {
+            api_key: api_key.into(),
+            api_secret: api_secret.into(),
+        }
+    }
+
+    #[test]
+    fn colliding_or_invalid_data_keys_are_refused() {
+        assert_eq!(data_keys_problem(&SecretDataKeys::default()), None);
+        assert_eq!(data_keys_problem(&keys("user", "pass")), None);
+        for (k, s, want) in [
+            ("same", "same", "are both \"same\""),
+            ("k", "k.pending", "are both \"k.pending\""),
+            ("s.pending", "s", "are both \"s.pending\""),
+            (".", "s", "may not be '.'"),
+            ("..k", "s", "start with '..'"),
+            ("k", "", "is empty"),
+            ("k/x", "s", "may only have"),
+        ] {
+            let why = data_keys_problem(&keys(k, s)).expect(k);
+            assert!(why.contains(want), "{k} {s}: {why}");
+        }
+        // The pending twin of a 250-character key is too long for a data key.
+        let long = "k".repeat(250);
+        let why = data_keys_problem(&keys(&long, "s")).expect("long");
+        assert!(why.contains("longer than 253"), "{why}");
+    }
+
+    #[test]
+    fn templates_the_api_server_would_refuse_are_refused_first() {
+        let with = |f: &dyn Fn(&mut SecretTemplate)| {
+            let mut t = SecretTemplate::default();
+            f(&mut t);
+            template_problem(&akp(Some(t)))
+        };
+        assert_eq!(with(&|_| {}), None);
+        assert_eq!(
+            with(&|t| {
+                t.labels.insert("example.com/team".into(), "a-b.c_d".into());
+                t.labels.insert("empty".into(), String::new());
+                t.annotations
+                    .insert("note".into(), "any text at all: ü ✓".into());
+                t.type_ = Some("example.com/api-key".into());
+            }),
+            None
+        );
+        let bad: [&dyn Fn(&mut SecretTemplate); 8] = [
+            &|t| {
+                t.labels.insert("ü".into(), "a".into());
+            },
+            &|t| {
+                t.labels.insert("a".into(), "x".repeat(64));
+            },
+            &|t| {
+                t.labels.insert("a".into(), "-a".into());
+            },
+            &|t| {
+                t.labels.insert("Upper.Case/a".into(), "a".into());
+            },
+            &|t| {
+                t.annotations.insert("with space".into(), "a".into());
+            },
+            &|t| {
+                t.annotations.insert("big".into(), "x".repeat(256 * 1024));
+            },
+            &|t| {
+                t.type_ = Some("kubernetes.io/tls".into());
+            },
+            &|t| {
+                t.keys.api_secret = "apiKey".into();
+            },
+        ];
+        for (i, f) in bad.iter().enumerate() {
+            assert!(with(f).is_some(), "case {i}");
+        }
+        assert_eq!(
+            with(&|t| {
+                t.type_ = Some("kubernetes.io/basic-auth".into());
+                t.keys = keys("username", "password");
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn the_owner_label_fits_a_label_value_for_any_name() {
+        assert_eq!(owner_label_value("web"), "web");
+        let exact = "a".repeat(63);
+        assert_eq!(owner_label_value(&exact), exact);
+        let long = format!("{}.b", "a-".repeat(120));
+        let v = owner_label_value(&long);
+        assert!(v.len() <= 63 && is_label_name(&v, false), "{v}");
+        assert_ne!(v, owner_label_value(&format!("{long}c")));
     }
 
     #[test]

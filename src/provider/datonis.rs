@@ -498,6 +498,100 @@ fn remote(op: &'static str, w: KeyPairWire) -> Result<RemoteKeyPair, ProviderErr
     })
 }
 
+/// A sign-in answer: its `auth_token`, or `Unauthorized` for `success: false` (with the
+/// provider's message, scrubbed of the password).
+fn signed_in(w: SignInWire, password: &SecretString) -> Result<SecretString, ProviderError> {
+    let op = "sign in";
+    if w.success == Some(false) {
+        let said = w
+            .error
+            .or(w.message)
+            .unwrap_or_else(|| "sign-in refused".into());
+        return Err(ProviderError::Unauthorized {
+            message: format!("datonis {op}: {}", redact::message(&said, &[password])),
+            error_id: None,
+        });
+    }
+    w.auth_token
+        .filter(|t| !t.expose_secret().is_empty())
+        .ok_or_else(|| unexpected(op, "sign-in answer has no auth_token"))
+}
+
+/// One list answer as a [`Page`]; `requested` stands in for a missing or odd `page`.
+fn page_of(op: &'static str, w: PageWire, requested: u32) -> Result<Page, ProviderError> {
+    Ok(Page {
+        total_count: w.total_count,
+        page: w
+            .page
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(requested),
+        key_pairs: w
+            .key_pairs
+            .into_iter()
+            .map(|k| remote(op, k))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The Datonis answer readers, from raw 2xx bodies, exactly as the client reads them (for
+/// the property tests and fuzz targets, through [`crate::provider::fuzzing`]).
+pub(crate) mod read {
+    use super::*;
+    use crate::provider::http::decode;
+
+    const DT: ProviderKind = ProviderKind::Datonis;
+
+    /// `GET /api/v3/key_pairs`, asked for page `requested`.
+    pub fn page(status: u16, body: &[u8], requested: u32) -> Result<Page, ProviderError> {
+        page_of("list", decode(DT, "list", status, body, &[])?, requested)
+    }
+
+    /// `{"key_pair": {...}}`: the answer of get, create and update.
+    pub fn key_pair(status: u16, body: &[u8]) -> Result<RemoteKeyPair, ProviderError> {
+        let w: OneWire = decode(DT, "get", status, body, &[])?;
+        remote("get", w.key_pair)
+    }
+
+    /// `POST /api_sign_in`, sent with `password`.
+    pub fn sign_in(
+        status: u16,
+        body: &[u8],
+        password: &SecretString,
+    ) -> Result<SecretString, ProviderError> {
+        signed_in(decode(DT, "sign in", status, body, &[password])?, password)
+    }
+
+    /// A whole listing from pages as they came (each asked with `per` items): the keys, or
+    /// the error `list()` gives for a short, changing or stuck listing. `None` means the
+    /// listing would start over (`total_count` changed).
+    pub fn listing(
+        pages: Vec<Page>,
+        per: u32,
+    ) -> Option<Result<Vec<RemoteKeyPair>, ProviderError>> {
+        let mut got = Collected::default();
+        let count = pages.len();
+        for (i, p) in pages.into_iter().enumerate() {
+            match got.add(p, per) {
+                Step::More if i + 1 < count => {}
+                Step::More => return Some(Err(got.short("list", "the server sent no more pages"))),
+                Step::Done => return Some(got.finish("list")),
+                Step::Changed => return None,
+                Step::Stuck => return Some(Err(got.short("list", "a page brought nothing new"))),
+            }
+        }
+        Some(got.finish("list"))
+    }
+
+    /// How an answered expiry shows the provider read `date`, sent in `sent` order.
+    pub fn order_shown(
+        date: NaiveDate,
+        sent: DateOrder,
+        answered: Option<DateTime<Utc>>,
+    ) -> Option<DateOrder> {
+        super::order_shown(date, sent, answered)
+    }
+}
+
 fn require_id(op: &'static str, id: &str) -> Result<(), ProviderError> {
     if id.trim().is_empty() {
         return Err(ProviderError::BadRequest {
@@ -679,19 +773,7 @@ impl DatonisClient {
             })?
             .secret(password);
         let w: SignInWire = self.http.send(call).await?;
-        if w.success == Some(false) {
-            let said = w
-                .error
-                .or(w.message)
-                .unwrap_or_else(|| "sign-in refused".into());
-            return Err(ProviderError::Unauthorized {
-                message: format!("datonis {op}: {}", redact::message(&said, &[password])),
-                error_id: None,
-            });
-        }
-        w.auth_token
-            .filter(|t| !t.expose_secret().is_empty())
-            .ok_or_else(|| unexpected(op, "sign-in answer has no auth_token"))
+        signed_in(w, password)
     }
 
     /// The cached token (signing in first if there is none) and its generation.
@@ -762,18 +844,7 @@ impl DatonisClient {
             call = call.query(name, value);
         }
         let w: PageWire = self.authed(call).await?;
-        Ok(Page {
-            total_count: w.total_count,
-            page: w
-                .page
-                .and_then(|p| u32::try_from(p).ok())
-                .unwrap_or(query.page),
-            key_pairs: w
-                .key_pairs
-                .into_iter()
-                .map(|k| remote(op, k))
-                .collect::<Result<_, _>>()?,
-        })
+        page_of(op, w, query.page)
     }
 
     /// Page `page` of a full listing, in a stable order.

@@ -380,29 +380,7 @@ impl HttpLayer {
         if !status.is_success() {
             return Err(self.status_error(op, status, &headers, &body, secrets));
         }
-        let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-            b"null"
-        } else {
-            &body
-        };
-        let value = serde_json::from_slice::<T>(text).map_err(|e| ProviderError::UnexpectedResponse {
-            status: status.as_u16(),
-            // Only the category and position: serde's own message quotes the offending
-            // value, which may be a secret.
-            message: format!(
-                "{}: response does not match the documented shape ({} error at line {} column {})",
-                self.context(op),
-                match e.classify() {
-                    serde_json::error::Category::Io => "io",
-                    serde_json::error::Category::Syntax => "syntax",
-                    serde_json::error::Category::Data => "data",
-                    serde_json::error::Category::Eof => "truncated body",
-                },
-                e.line(),
-                e.column()
-            ),
-            excerpt: redact::excerpt(&body, secrets),
-        })?;
+        let value = decode(self.provider, op, status.as_u16(), &body, secrets)?;
         Ok((status.as_u16(), value))
     }
 
@@ -486,53 +464,120 @@ impl HttpLayer {
         body: &[u8],
         secrets: &[&SecretString],
     ) -> ProviderError {
-        let code = status.as_u16();
-        let (message, error_id) = extract_error(self.dialect, headers, body);
-        let text = message
-            .map(|m| redact::message(&m, secrets))
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| {
-                status
-                    .canonical_reason()
-                    .unwrap_or("error")
-                    .to_ascii_lowercase()
-            });
-        let message = format!("{}: HTTP {code}: {text}", self.context(op));
-        let error_id = error_id.and_then(|id| sanitize_error_id(&id));
-        let retry_after = if matches!(code, 403 | 429 | 503) {
-            headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, Utc::now()))
-        } else {
-            None
-        };
-        match code {
-            401 => ProviderError::Unauthorized { message, error_id },
-            403 => ProviderError::Forbidden {
-                message,
-                error_id,
-                retry_after,
+        status_error(
+            self.provider,
+            self.dialect,
+            op,
+            status,
+            headers,
+            body,
+            secrets,
+        )
+    }
+}
+
+/// Decodes a 2xx JSON body into `T` (an empty or all-whitespace body decodes as `null`).
+/// A body of another shape is an [`ProviderError::UnexpectedResponse`] with `status` and a
+/// redacted excerpt; serde's own message is not used, as it may quote a secret.
+pub(crate) fn decode<T: DeserializeOwned>(
+    provider: ProviderKind,
+    op: &str,
+    status: u16,
+    body: &[u8],
+    secrets: &[&SecretString],
+) -> Result<T, ProviderError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"null"
+    } else {
+        body
+    };
+    serde_json::from_slice::<T>(text).map_err(|e| ProviderError::UnexpectedResponse {
+        status,
+        // Only the category and position: serde's own message quotes the offending
+        // value, which may be a secret.
+        message: format!(
+            "{provider} {op}: response does not match the documented shape ({} error at line {} column {})",
+            match e.classify() {
+                serde_json::error::Category::Io => "io",
+                serde_json::error::Category::Syntax => "syntax",
+                serde_json::error::Category::Data => "data",
+                serde_json::error::Category::Eof => "truncated body",
             },
-            404 | 410 => ProviderError::NotFound { message, error_id },
-            429 => ProviderError::RateLimited {
-                message,
-                retry_after,
-            },
-            // 408: the server gave up waiting for us; the same request may well succeed.
-            408 | 500..=599 => ProviderError::Server {
-                status: code,
-                message,
-                error_id,
-                retry_after,
-            },
-            400..=499 => ProviderError::BadRequest { message, error_id },
-            _ => ProviderError::UnexpectedResponse {
-                status: code,
-                message: format!("{}: undocumented status {code}", self.context(op)),
-                excerpt: redact::excerpt(body, secrets),
-            },
-        }
+            e.line(),
+            e.column()
+        ),
+        excerpt: redact::excerpt(body, secrets),
+    })
+}
+
+/// Maps a non-2xx answer to a [`ProviderError`] in the provider's error dialect: the
+/// provider's message (redacted), its error id (sanitized) and `Retry-After` (403, 429,
+/// 503).
+pub(crate) fn status_error(
+    provider: ProviderKind,
+    dialect: ErrorDialect,
+    op: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &[&SecretString],
+) -> ProviderError {
+    let context = format!("{provider} {op}");
+    let code = status.as_u16();
+    let (message, error_id) = extract_error(dialect, headers, body);
+    let text = message
+        .map(|m| redact::message(&m, secrets))
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+        });
+    let message = format!("{context}: HTTP {code}: {text}");
+    // An id is shown as is, so a secret the request sent that a server echoes there goes,
+    // also one the id's character filter would join up (`sec ret` is `secret` once the
+    // space is dropped): scrubbed before and after filtering, cut to length only then.
+    let error_id = error_id.and_then(|id| {
+        let kept: String = redact::scrub_known(&id, secrets)
+            .chars()
+            .filter(|c| is_error_id_char(*c))
+            .collect();
+        sanitize_error_id(&redact::scrub_known(&kept, secrets))
+    });
+    let retry_after = if matches!(code, 403 | 429 | 503) {
+        headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()))
+    } else {
+        None
+    };
+    match code {
+        401 => ProviderError::Unauthorized { message, error_id },
+        403 => ProviderError::Forbidden {
+            message,
+            error_id,
+            retry_after,
+        },
+        404 | 410 => ProviderError::NotFound { message, error_id },
+        429 => ProviderError::RateLimited {
+            message,
+            retry_after,
+        },
+        // 408: the server gave up waiting for us; the same request may well succeed.
+        408 | 500..=599 => ProviderError::Server {
+            status: code,
+            message,
+            error_id,
+            retry_after,
+        },
+        400..=499 => ProviderError::BadRequest { message, error_id },
+        _ => ProviderError::UnexpectedResponse {
+            status: code,
+            message: format!("{context}: undocumented status {code}"),
+            excerpt: redact::excerpt(body, secrets),
+        },
     }
 }
 
@@ -621,11 +666,16 @@ fn flatten_message(v: &Value) -> Option<String> {
     }
 }
 
+/// Whether an error id keeps this character.
+fn is_error_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
+}
+
 /// Keeps an error id short and printable (it is shown to users as is).
 fn sanitize_error_id(id: &str) -> Option<String> {
     let clean: String = id
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        .filter(|c| is_error_id_char(*c))
         .take(64)
         .collect();
     (!clean.is_empty()).then_some(clean)
@@ -923,6 +973,19 @@ mod tests {
             r#"{"errors":{"password":["pw-value-1"]}}"#,
         );
         assert!(!e.to_string().contains("pw-value-1"), "{e}");
+    }
+
+    #[test]
+    fn an_error_id_echoing_a_sent_secret_is_scrubbed() {
+        let sent = SecretString::from("Zq_0A0_00-");
+        let hdrs = headers(&[("x-error-id", "Zq_0A0_00-")]);
+        let status = StatusCode::from_u16(400).expect("status");
+        let e = layer(ErrorDialect::ThreatWinds).status_error("get", status, &hdrs, b"", &[&sent]);
+        assert!(!format!("{e} {e:?}").contains("Zq_0A0_00-"), "{e:?}");
+        // Also when the filter of id characters would join it up.
+        let hdrs = headers(&[("x-error-id", "Zq_0A0 _00-")]);
+        let e = layer(ErrorDialect::ThreatWinds).status_error("get", status, &hdrs, b"", &[&sent]);
+        assert!(!format!("{e} {e:?}").contains("Zq_0A0_00-"), "{e:?}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 mod datonis;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod lenient;
 mod redact;

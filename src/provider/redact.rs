@@ -190,12 +190,12 @@ pub(crate) fn excerpt(body: &[u8], known: &[&SecretString]) -> String {
     one_line(&scrub_known(&text, known), MAX_EXCERPT_CHARS)
 }
 
-/// A provider's own error message (header or body field), made safe to show.
+/// A provider's own error message (header, body field, or a short body that is not JSON,
+/// such as a cut-off one), made safe to show: the values of secret-looking fields in it
+/// are masked too, also one the cut left unterminated.
 pub(crate) fn message(text: &str, known: &[&SecretString]) -> String {
-    one_line(
-        &mask_token_runs(&scrub_known(text, known)),
-        MAX_MESSAGE_CHARS,
-    )
+    let text = mask_secret_fields_in_text(&scrub_known(text, known));
+    one_line(&mask_token_runs(&text), MAX_MESSAGE_CHARS)
 }
 
 #[cfg(test)]
@@ -279,6 +279,15 @@ mod tests {
         // Known secrets are also removed from JSON excerpts under harmless keys.
         let e = excerpt(br#"{"error":"pa-ss-wo-rd"}"#, &[&known]);
         assert!(!e.contains("pa-ss-wo-rd"), "{e}");
+    }
+
+    #[test]
+    fn a_message_that_is_cut_off_json_loses_its_secret_values() {
+        // A cut-off error body is taken as the message: its short secret is no token run.
+        let m = message(r#"{"data":{"apiSecret":"Zq+_AAaA"#, &[]);
+        assert!(!m.contains("Zq+_AAaA"), "{m}");
+        let m = message(r#"invalid body {"password":"pw-1-2-3"}"#, &[]);
+        assert!(!m.contains("pw-1-2-3") && m.contains("invalid body"), "{m}");
     }
 
     #[test]

@@ -321,14 +321,7 @@ impl ThreatWindsClient {
             }
             other => other?,
         };
-        Ok(SessionInfo {
-            verified: w.verified.unwrap_or(false),
-            expire_at: w.expire_at,
-            roles: w.roles,
-            groups: w.groups,
-            alias: w.alias,
-            full_name: w.full_name,
-        })
+        Ok(session_info(w))
     }
 
     /// `PUT /session/extend`: pushes the session's expiry out and returns the new one.
@@ -473,6 +466,102 @@ fn remote(op: &'static str, status: u16, w: KeyPairWire) -> Result<RemoteKeyPair
     })
 }
 
+/// What `GET /session` answered, in neutral form (unverified unless it says so).
+fn session_info(w: SessionWire) -> SessionInfo {
+    SessionInfo {
+        verified: w.verified.unwrap_or(false),
+        expire_at: w.expire_at,
+        roles: w.roles,
+        groups: w.groups,
+        alias: w.alias,
+        full_name: w.full_name,
+    }
+}
+
+/// A create answer (with the 2xx `status` it came with) as the created key pair: it must
+/// carry `apiSecret` and `keyID`; the name asked for stands in for a missing `keyName`.
+fn created(
+    op: &'static str,
+    status: u16,
+    mut w: KeyPairWire,
+    name: &str,
+) -> Result<CreatedKeyPair, ProviderError> {
+    let Some(api_secret) = w.api_secret.take() else {
+        return Err(ProviderError::UnexpectedResponse {
+            status,
+            message: format!(
+                "threatwinds {op}: answer has no apiSecret; the key pair may exist without a usable secret"
+            ),
+            excerpt: String::new(),
+        });
+    };
+    let verification_code_id = w.verification_code_id.take();
+    let mut key = remote(op, status, w)?;
+    if key.name.is_none() {
+        key.name = Some(name.to_owned());
+    }
+    Ok(CreatedKeyPair {
+        key,
+        api_secret,
+        verification_code_id,
+    })
+}
+
+/// The ThreatWinds answer readers, from raw 2xx bodies, exactly as the client reads them
+/// (for the property tests and fuzz targets, through [`crate::provider::fuzzing`]).
+pub(crate) mod read {
+    use super::*;
+    use crate::provider::http::decode;
+
+    const TW: ProviderKind = ProviderKind::Threatwinds;
+
+    /// `POST /keypair` (create), asked with the name `name`.
+    pub fn create(status: u16, body: &[u8], name: &str) -> Result<CreatedKeyPair, ProviderError> {
+        created(
+            "create",
+            status,
+            decode(TW, "create", status, body, &[])?,
+            name,
+        )
+    }
+
+    /// `GET /keypair` (the check).
+    pub fn check(status: u16, body: &[u8]) -> Result<RemoteKeyPair, ProviderError> {
+        remote("get", status, decode(TW, "get", status, body, &[])?)
+    }
+
+    /// `GET /keypairs`.
+    pub fn list(status: u16, body: &[u8]) -> Result<Vec<RemoteKeyPair>, ProviderError> {
+        let w: ListWire = decode(TW, "list", status, body, &[])?;
+        w.keys
+            .into_iter()
+            .map(|k| remote("list", status, k))
+            .collect()
+    }
+
+    /// `GET /session`.
+    pub fn session(status: u16, body: &[u8]) -> Result<SessionInfo, ProviderError> {
+        decode(TW, "session", status, body, &[]).map(session_info)
+    }
+
+    /// `PUT /session/extend`: the new expiry, if the answer has one.
+    pub fn extend(status: u16, body: &[u8]) -> Result<Option<DateTime<Utc>>, ProviderError> {
+        let w: Option<ExtendWire> = decode(TW, "extend session", status, body, &[])?;
+        Ok(w.and_then(|w| w.expire_at))
+    }
+
+    /// `POST /keypair/verification` (new code): the new code id.
+    pub fn new_code(status: u16, body: &[u8]) -> Result<String, ProviderError> {
+        let w: NewCodeWire = decode(TW, "new code", status, body, &[])?;
+        w.verification_code_id
+            .ok_or_else(|| ProviderError::UnexpectedResponse {
+                status,
+                message: "threatwinds new code: answer has no verificationCodeID".to_owned(),
+                excerpt: String::new(),
+            })
+    }
+}
+
 /// Rejects an empty id locally: it would address a different endpoint (`/keypair/`).
 fn require_id(op: &'static str, what: &str, id: &str) -> Result<(), ProviderError> {
     if id.trim().is_empty() {
@@ -506,26 +595,8 @@ impl KeyPairApi for ThreatWindsClient {
                 name: &req.name,
                 days: req.validity_days,
             })?;
-        let (status, mut w): (u16, KeyPairWire) = self.send_bearer_with_status(call).await?;
-        let Some(api_secret) = w.api_secret.take() else {
-            return Err(ProviderError::UnexpectedResponse {
-                status,
-                message: format!(
-                    "threatwinds {op}: answer has no apiSecret; the key pair may exist without a usable secret"
-                ),
-                excerpt: String::new(),
-            });
-        };
-        let verification_code_id = w.verification_code_id.take();
-        let mut key = remote(op, status, w)?;
-        if key.name.is_none() {
-            key.name = Some(req.name.clone());
-        }
-        Ok(CreatedKeyPair {
-            key,
-            api_secret,
-            verification_code_id,
-        })
+        let (status, w): (u16, KeyPairWire) = self.send_bearer_with_status(call).await?;
+        created(op, status, w, &req.name)
     }
 
     async fn get(&self, lookup: &KeyLookup) -> Result<RemoteKeyPair, ProviderError> {
