@@ -16,6 +16,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+/// A `/metrics` page, by series.
+type Metrics = BTreeMap<String, f64>;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,73 +121,20 @@ impl Report {
     }
 }
 
-/// The operator's counters and gauges, by full series text.
-async fn scrape(operator: &common::Operator) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("{}/metrics", operator.http))
-        .await
-        .and_then(|r| r.error_for_status())
-        .map(|r| r.text());
-    let text = match text {
-        Ok(body) => body.await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The sum of every series of `metric` whose labels contain all of `with`.
-fn total(metrics: &HashMap<String, f64>, metric: &str, with: &[&str]) -> f64 {
-    metrics
-        .iter()
-        .filter(|(series, _)| {
-            series.split('{').next() == Some(metric) && with.iter().all(|w| series.contains(w))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
-const KUBE: &str = "keypair_operator_kube_requests_total";
+const KUBE: &str = common::KUBE_REQUESTS;
 const PROVIDER: &str = "keypair_operator_provider_requests_total";
-const WRITES: [&str; 4] = [
-    "verb=\"create\"",
-    "verb=\"patch\"",
-    "verb=\"update\"",
-    "verb=\"delete\"",
-];
 
-fn writes(metrics: &HashMap<String, f64>) -> f64 {
-    WRITES.iter().map(|w| total(metrics, KUBE, &[w])).sum()
+/// The operator's counters and gauges, by full series text.
+async fn scrape(operator: &common::Operator) -> Metrics {
+    common::metrics(&operator.http).await
 }
 
 /// Kube requests between two scrapes, by `verb resource`.
-fn kube_by_verb(
-    before: &HashMap<String, f64>,
-    after: &HashMap<String, f64>,
-) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for (series, value) in after {
-        if series.split('{').next() != Some(KUBE) {
-            continue;
-        }
-        let delta = value - before.get(series).copied().unwrap_or(0.0);
-        if delta > 0.0 {
-            let label = |name: &str| {
-                series
-                    .split(&format!("{name}=\""))
-                    .nth(1)
-                    .and_then(|s| s.split('"').next())
-                    .unwrap_or("?")
-                    .to_owned()
-            };
-            out.insert(format!("{} {}", label("verb"), label("resource")), delta);
-        }
-    }
-    out
+fn kube_by_verb(before: &Metrics, after: &Metrics) -> BTreeMap<String, f64> {
+    common::grown(
+        &common::kube_requests(before),
+        &common::kube_requests(after),
+    )
 }
 
 fn rss_mb(operator: &common::Operator) -> f64 {
@@ -408,7 +358,9 @@ async fn creates(
     // Let the follow-up reconciles of the last keys finish before counting.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = scrape(&operator).await;
-    let per_object = |m: &str| (total(&after, m, &[]) - total(&before, m, &[])) / n as f64;
+    let per_object = |m: &str| {
+        (common::metric_total(&after, m, &[]) - common::metric_total(&before, m, &[])) / n as f64
+    };
     report.add(format!("{kind} keys ready"), latencies.len() as f64, "keys");
     report.goal(
         format!("{kind} to-Ready rate"),
@@ -509,8 +461,10 @@ async fn idle_checks(report: &mut Report, setup: &Setup, keys: usize) {
     let before = scrape(&operator).await;
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let after = scrape(&operator).await;
-    let checks = (total(&after, PROVIDER, &[]) - total(&before, PROVIDER, &[])).max(1.0);
-    let kube = total(&after, KUBE, &[]) - total(&before, KUBE, &[]);
+    let checks = (common::metric_total(&after, PROVIDER, &[])
+        - common::metric_total(&before, PROVIDER, &[]))
+    .max(1.0);
+    let kube = common::metric_total(&after, KUBE, &[]) - common::metric_total(&before, KUBE, &[]);
     report.add("idle window checks (provider calls)", checks, "calls");
     report.add(
         "idle window expected checks",
@@ -551,7 +505,7 @@ async fn restart(report: &mut Report, setup: &Setup, operator: &mut common::Oper
     );
     report.goal(
         "restart: kube writes in the first window",
-        writes(&after),
+        common::kube_writes(&after),
         "req",
         "<=",
         0.0,

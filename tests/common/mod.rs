@@ -539,3 +539,86 @@ pub async fn all_events(client: &Client, ns: &str) -> Vec<k8s_openapi::api::even
         .map(|l| l.items)
         .unwrap_or_default()
 }
+
+/// The operator's `/metrics` page as series (`name{labels}`) to value, or `None` while it
+/// does not answer (a process just started).
+pub async fn try_metrics(operator_http: &str) -> Option<std::collections::BTreeMap<String, f64>> {
+    let response = reqwest::get(format!("{operator_http}/metrics"))
+        .await
+        .ok()?;
+    let text = response.error_for_status().ok()?.text().await.ok()?;
+    let series = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    Some(series)
+}
+
+/// [`try_metrics`] of an operator that must answer.
+pub async fn metrics(operator_http: &str) -> std::collections::BTreeMap<String, f64> {
+    try_metrics(operator_http)
+        .await
+        .unwrap_or_else(|| panic!("{operator_http}/metrics does not answer"))
+}
+
+/// The sum of every series of `metric` whose labels contain all of `with`
+/// (e.g. `verb="get"`).
+pub fn metric_total(
+    metrics: &std::collections::BTreeMap<String, f64>,
+    metric: &str,
+    with: &[&str],
+) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(metric) && with.iter().all(|w| series.contains(w))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// The operator's Kubernetes request counter.
+pub const KUBE_REQUESTS: &str = "keypair_operator_kube_requests_total";
+
+/// The operator's Kubernetes requests by `verb resource`.
+pub fn kube_requests(
+    metrics: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    let label = |series: &str, name: &str| {
+        series
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    metrics
+        .iter()
+        .filter(|(series, _)| series.split('{').next() == Some(KUBE_REQUESTS))
+        .map(|(s, v)| (format!("{} {}", label(s, "verb"), label(s, "resource")), *v))
+        .collect()
+}
+
+/// The operator's Kubernetes writes (create, patch, update, delete).
+pub fn kube_writes(metrics: &std::collections::BTreeMap<String, f64>) -> f64 {
+    ["create", "patch", "update", "delete"]
+        .iter()
+        .map(|verb| metric_total(metrics, KUBE_REQUESTS, &[&format!("verb=\"{verb}\"")]))
+        .sum()
+}
+
+/// What grew between two readings of counters.
+pub fn grown(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
+}

@@ -89,21 +89,7 @@ fn ready_message(akp: &ApiKeyPair) -> String {
 
 /// The operator's write requests (create, patch, update, delete) so far, from `/metrics`.
 async fn kube_writes(operator_http: &str) -> u64 {
-    let text = reqwest::get(format!("{operator_http}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| l.starts_with("keypair_operator_kube_requests_total{"))
-        .filter(|l| {
-            ["create", "patch", "update", "delete"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    common::kube_writes(&common::metrics(operator_http).await) as u64
 }
 
 /// Every object of `api` (with a zero count) and the version to count changes from.

@@ -18,38 +18,10 @@ const TW_LISTS: &str = "GET /api/auth/v2/keypairs";
 /// The operator's Kubernetes requests so far, by `verb resource` (watches left out: they
 /// are long-lived streams, not per-object costs).
 async fn kube_requests(operator: &Operator) -> BTreeMap<String, f64> {
-    let text = reqwest::get(format!("{}/metrics", operator.http))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics text");
-    let label = |line: &str, name: &str| {
-        line.split(&format!("{name}=\""))
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    text.lines()
-        .filter(|l| l.starts_with("keypair_operator_kube_requests_total{"))
-        .filter(|l| label(l, "verb") != "watch")
-        .filter_map(|l| {
-            let value = l.rsplit(' ').next()?.parse().ok()?;
-            Some((
-                format!("{} {}", label(l, "verb"), label(l, "resource")),
-                value,
-            ))
-        })
-        .collect()
-}
-
-/// What changed between two [`kube_requests`] readings.
-fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, d)| *d > 0.0)
+    let metrics = common::metrics(&operator.http).await;
+    common::kube_requests(&metrics)
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("watch "))
         .collect()
 }
 
@@ -63,16 +35,13 @@ fn key_pair_requests(delta: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// `ApiKeyPair` reconciles this operator process ran.
+/// `ApiKeyPair` reconciles this operator process ran (0 while it does not answer yet).
 async fn reconciles(operator: &Operator) -> f64 {
-    let Ok(response) = reqwest::get(format!("{}/metrics", operator.http)).await else {
+    let Some(metrics) = common::try_metrics(&operator.http).await else {
         return 0.0;
     };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("keypair_operator_reconciles_total{controller=\"apikeypair\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let apikeypair = ["controller=\"apikeypair\""];
+    common::metric_total(&metrics, "keypair_operator_reconciles_total", &apikeypair)
 }
 
 async fn wait_count_at_least(s: &Scenario, endpoint: &str, count: u64) {
@@ -105,7 +74,7 @@ async fn an_idle_check_of_a_healthy_key_makes_no_kube_request() {
     // Two more checks of every key (the check interval is 3 s).
     wait_count_at_least(&s, KEY_GETS, checks_before + 6).await;
     let after = kube_requests(&s.operator).await;
-    let spent = key_pair_requests(&delta(&before, &after));
+    let spent = key_pair_requests(&common::grown(&before, &after));
     assert!(
         spent.is_empty(),
         "idle checks made kube requests: {spent:?}"
@@ -149,7 +118,7 @@ async fn keys_awaiting_their_code_share_one_list_and_read_no_secret() {
     })
     .await;
     let lists = s.sandbox.count(TW_LISTS).await - lists_before;
-    let spent = key_pair_requests(&delta(&before, &kube_requests(&s.operator).await));
+    let spent = key_pair_requests(&common::grown(&before, &kube_requests(&s.operator).await));
     assert!(
         lists <= 8,
         "{lists} lists for 8 awaiting keys over 48 reconciles: one list per poll interval serves them all"

@@ -247,13 +247,7 @@ impl Run<'_> {
                     ids.len(),
                     intent.attempt
                 );
-                self.event(
-                    EventType::Warning,
-                    "CreateInterrupted",
-                    "RecoverCreate",
-                    note,
-                )
-                .await;
+                self.interrupted(note).await;
                 return self.give_up_attempt(&intent).await;
             }
             Recovery::Retry => return self.give_up_attempt(&intent).await,
@@ -291,15 +285,16 @@ impl Run<'_> {
                 "deleted key pair {} of an earlier interrupted attempt",
                 stray.key_id
             );
-            self.event(
-                EventType::Warning,
-                "CreateInterrupted",
-                "RecoverCreate",
-                note,
-            )
-            .await;
+            self.interrupted(note).await;
         }
         Ok(())
+    }
+
+    /// A Warning that keys of an interrupted create attempt were deleted.
+    async fn interrupted(&self, note: String) {
+        let action = "RecoverCreate";
+        self.event(EventType::Warning, "CreateInterrupted", action, note)
+            .await;
     }
 
     /// Clears the intent. An attempt that retired the previous key also forgets that key:
