@@ -53,6 +53,19 @@ PLATFORMS ?= linux/amd64,linux/arm64
 image: ## build the production image (no sandbox) for $(PLATFORMS) with docker buildx, tagged $(IMAGE)
 	docker buildx build --platform $(PLATFORMS) -t $(IMAGE) .
 
+TRIALS ?= 200
+STEPS ?= 20
+PARALLEL ?= 3
+SHRINK ?= 1
+
+.PHONY: chaos
+chaos: ## the seeded fault campaign (TRIALS=200 STEPS=20 from SEED, a fresh one when unset; SHRINK=1 reduces a failing trial): prints a report
+	scripts/control-plane.sh install
+	KUBECONFIG=$${KUBECONFIG:-$$(scripts/control-plane.sh up)} \
+	CHAOS_SEED=$(if $(SEED),$(SEED),$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')) CHAOS_TRIALS=$(TRIALS) \
+	CHAOS_STEPS=$(STEPS) CHAOS_PARALLEL=$(PARALLEL) CHAOS_SHRINK=$(SHRINK) \
+	cargo test --features failpoints --test chaos -- --nocapture the_invariants_hold
+
 .PHONY: bench
 bench: ## the scale benchmark (release build; BENCH_N=10000 for the full run): prints a table and one JSON line
 	scripts/control-plane.sh install

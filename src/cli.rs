@@ -219,6 +219,10 @@ async fn check_shard_selector(client: &Client, args: &RunArgs) -> Result<(), Run
     }
 }
 
+/// First and longest wait between attempts to read the leader lease at start.
+const LEASE_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const LEASE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Waits for the leader lease, runs the controllers while holding it, and stops them the
 /// moment it is lost (aborting the controllers' task cancels in-flight reconciles, which
 /// every step of the lifecycle is built to survive); then waits for the lease again. On
@@ -240,15 +244,29 @@ async fn lead_then_run(
         .clone()
         .unwrap_or_else(|| format!("keypair-operator-{}", uuid::Uuid::new_v4()));
     let duration = args.lease_duration.as_secs().max(2);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .with_field_manager(controller::MANAGER)
-        .build()
-        .await
-        .map_err(|e| RunError::LeaderElection(e.to_string()))?;
+    let build = || {
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_duration(duration)
+            .with_grace((duration / 3).max(1))
+            .with_field_manager(controller::MANAGER)
+            .build()
+    };
+    // The lease is read (or created) first; one failed request must not end the process,
+    // as the lease manager's own loop does not for its later requests.
+    let mut retry = LEASE_RETRY_MIN;
+    let manager = loop {
+        match build().await {
+            Ok(manager) => break manager,
+            Err(e) => warn!(error = %e, retry_in = ?retry, "cannot read the leader lease yet"),
+        }
+        tokio::select! {
+            _ = shutdown.clone() => return Ok(()),
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(LEASE_RETRY_MAX);
+    };
     let (mut leading, lease_task) = manager.watch().await;
     loop {
         // A standby is ready: it serves its probes and waits.

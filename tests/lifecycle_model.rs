@@ -597,6 +597,7 @@ async fn reconcile(world: &Shared, stale: Option<(ApiKeyPair, u64)>) -> Result<(
         check_due,
         verification_poll_interval: Duration::from_secs(30),
         next_check_slot: now + chrono::Duration::seconds(3600),
+        known_credentials: None,
     };
     if akp.metadata.deletion_timestamp.is_none() {
         return Run::new(&akp, &cluster, &provider, timing)

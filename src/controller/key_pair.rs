@@ -57,6 +57,7 @@ fn timing(ctx: &Context, akp: &ApiKeyPair) -> Timing {
     Timing {
         now,
         check_due: ctx.check_due(&uid, last_slot),
+        known_credentials: ctx.known_credentials(&uid),
         verification_poll_interval: ctx.settings.verification_poll_interval,
         next_check_slot,
     }
@@ -83,10 +84,17 @@ async fn apply(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> {
     };
     record_gauges(ctx, akp, status);
     let Outcome {
-        requeue, checked, ..
+        requeue,
+        checked,
+        known_credentials,
+        ..
     } = result?;
+    let uid = akp.uid().unwrap_or_default();
     if checked {
-        ctx.mark_checked(&akp.uid().unwrap_or_default(), Utc::now());
+        ctx.mark_checked(&uid, Utc::now());
+    }
+    if let Some(known) = known_credentials {
+        ctx.remember_credentials(&uid, known);
     }
     Ok(Action::requeue(requeue))
 }

@@ -106,7 +106,7 @@ pub struct Context {
     /// Consecutive failures per object, for exponential back-off.
     failures: Mutex<HashMap<ObjectRef<ApiKeyPair>, u32>>,
     /// When each key pair was last checked at the provider (or first seen), by UID.
-    last_checks: Mutex<HashMap<String, DateTime<Utc>>>,
+    last_checks: Mutex<HashMap<String, LastCheck>>,
     /// The namespaces watched (to find keys other resources reference).
     pub scope: Scope,
     /// Verification codes, read only when their Secret changed.
@@ -175,13 +175,43 @@ impl Context {
         let Ok(mut checks) = self.last_checks.lock() else {
             return true;
         };
-        *checks.entry(uid.to_owned()).or_insert(last_slot) < last_slot
+        let last = checks.entry(uid.to_owned()).or_insert(LastCheck {
+            at: last_slot,
+            credentials: None,
+        });
+        last.at < last_slot
+    }
+
+    /// The fingerprint of the credentials this process last knew to be `uid`'s key's: a
+    /// Secret that holds others was edited, and is checked at once, not at the next slot.
+    pub fn known_credentials(&self, uid: &str) -> Option<u64> {
+        let checks = self.last_checks.lock().ok()?;
+        checks.get(uid)?.credentials
     }
 
     /// Records a successful provider check of `uid` (a failed one stays due).
     pub fn mark_checked(&self, uid: &str, at: DateTime<Utc>) {
         if let Ok(mut checks) = self.last_checks.lock() {
-            checks.insert(uid.to_owned(), at);
+            checks
+                .entry(uid.to_owned())
+                .and_modify(|last| last.at = at)
+                .or_insert(LastCheck {
+                    at,
+                    credentials: None,
+                });
+        }
+    }
+
+    /// Records the credentials known to be `uid`'s key's (see [`Self::known_credentials`]).
+    pub fn remember_credentials(&self, uid: &str, fingerprint: u64) {
+        if let Ok(mut checks) = self.last_checks.lock() {
+            checks
+                .entry(uid.to_owned())
+                .or_insert(LastCheck {
+                    at: Utc::now(),
+                    credentials: None,
+                })
+                .credentials = Some(fingerprint);
         }
     }
 
@@ -199,6 +229,14 @@ impl Context {
             failures.remove(object);
         }
     }
+}
+
+/// A key pair's last successful provider check in this process.
+#[derive(Clone, Copy, Debug)]
+struct LastCheck {
+    at: DateTime<Utc>,
+    /// [`secret::Credentials::fingerprint`] of the credentials known to be the key's.
+    credentials: Option<u64>,
 }
 
 /// Longest object name kube's recorder can name an event after: it names events
@@ -308,6 +346,14 @@ pub enum Error {
     /// The cached object was stale; the write was refused and will be retried.
     #[error("the object changed since it was read; retrying with the new version")]
     Stale,
+    /// The provider refused the credentials the Secret holds for a key it still lists
+    /// (someone overwrote them): the lifecycle replaces that key (the replacement, when
+    /// `replacement`) instead of failing.
+    #[error("the provider refuses the API secret in the Secret")]
+    CredentialsLost {
+        /// Whether the refused credentials are those of the pending replacement.
+        replacement: bool,
+    },
     /// The finalizer helper failed.
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -334,6 +380,7 @@ impl Error {
             Error::Kube(_) | Error::Stale | Error::Retrying(_) | Error::Finalizer(_) => {
                 reason::PROGRESSING
             }
+            Error::CredentialsLost { .. } => reason::SECRET_LOST,
             Error::Provider(e) => provider_reason(e),
             Error::ProviderNotFound(_) => reason::PROVIDER_NOT_FOUND,
             Error::ProviderNotAllowed(_) => reason::PROVIDER_NOT_ALLOWED,
@@ -349,7 +396,11 @@ impl Error {
     /// Whether retrying soon can help (as opposed to waiting for a spec or Secret change).
     pub fn is_retryable(&self) -> bool {
         match self.unwrapped() {
-            Error::Kube(_) | Error::Stale | Error::Retrying(_) | Error::Finalizer(_) => true,
+            Error::Kube(_)
+            | Error::Stale
+            | Error::Retrying(_)
+            | Error::Finalizer(_)
+            | Error::CredentialsLost { .. } => true,
             Error::Provider(e) => e.is_retryable(),
             // Fixed by someone else (a provider appears, a Secret is created): the watches
             // trigger a reconcile then, and a slow retry covers what they cannot see.

@@ -267,6 +267,28 @@ pub fn confirmation(key_id: &str, listed: &[RemoteKeyPair], error: &ProviderErro
     }
 }
 
+/// Whether the provider returned a secret for the serving key (Datonis does) that the
+/// Secret does not hold: someone overwrote or emptied it, and the provider's copy wins.
+pub fn provider_secret_differs(remote: &RemoteKeyPair, serving: Option<&Credentials>) -> bool {
+    use secrecy::ExposeSecret;
+    remote.api_secret.as_ref().is_some_and(|secret| {
+        serving.is_none_or(|c| {
+            c.api_key != remote.api_key || c.api_secret.expose_secret() != secret.expose_secret()
+        })
+    })
+}
+
+/// Whether a new-code request that answered `error` refused the key's own credentials:
+/// only when it is a 401 and the session (which the request also carries) still lists the
+/// key. A key that is not listed is left to the next observation to confirm gone.
+pub fn new_code_refused_credentials(
+    key_id: &str,
+    listed: &[RemoteKeyPair],
+    error: &ProviderError,
+) -> bool {
+    matches!(error, ProviderError::Unauthorized { .. }) && listed.iter().any(|k| k.key_id == key_id)
+}
+
 /// Whether a failed create attempt's intent may be cleared: only a definite refusal
 /// proves that nothing was created. Anything else (5xx, timeout, a 2xx that cannot be
 /// decoded) may have committed and is left for recovery.
@@ -940,6 +962,15 @@ pub fn check_slots(
     (at(last), at(last.saturating_add(period)))
 }
 
+/// Whether the Secret holds other credentials than the ones this process last knew to be
+/// the key's (`known`, a [`Credentials::fingerprint`]: written from the provider's answer,
+/// or accepted by a check of the secret): someone edited or emptied the Secret, and Ready
+/// must not stand on credentials nobody checked until the next slot. Unknown after a
+/// restart (the slot decides then, so restarts stay quiet).
+pub fn secret_edited_since_check(known: Option<u64>, serving: Option<&Credentials>) -> bool {
+    known.is_some_and(|known| serving.map(Credentials::fingerprint) != Some(known))
+}
+
 /// When to look at a resource again: at its next check slot, sooner if something is due
 /// before then (the expiry, the renewal time, the end of a grace period): the controller
 /// sleeps until then rather than polling.
@@ -1558,6 +1589,78 @@ mod tests {
         assert_eq!(
             next_check(slot, now, Some(soon)),
             std::time::Duration::from_secs(61)
+        );
+    }
+
+    #[test]
+    fn a_new_code_refusal_blames_the_credentials_only_for_a_listed_key_and_a_401() {
+        let listed = vec![key("k1", "key-1")];
+        let unauthorized = ProviderError::Unauthorized {
+            message: "invalid api secret".into(),
+            error_id: None,
+        };
+        let server = ProviderError::Server {
+            status: 500,
+            message: "down".into(),
+            error_id: None,
+            retry_after: None,
+        };
+        assert!(new_code_refused_credentials("k1", &listed, &unauthorized));
+        assert!(
+            !new_code_refused_credentials("k2", &listed, &unauthorized),
+            "not listed"
+        );
+        assert!(
+            !new_code_refused_credentials("k1", &listed, &server),
+            "not a refusal"
+        );
+    }
+
+    #[test]
+    fn the_providers_secret_wins_over_an_overwritten_one() {
+        let mut remote = key("k1", "key-1");
+        remote.api_secret = Some(SecretString::from("s"));
+        let serving = |secret: &str| Credentials {
+            api_key: "key-1".into(),
+            api_secret: SecretString::from(secret.to_owned()),
+        };
+        assert!(!provider_secret_differs(&remote, Some(&serving("s"))));
+        assert!(provider_secret_differs(
+            &remote,
+            Some(&serving("overwritten"))
+        ));
+        assert!(provider_secret_differs(&remote, None), "emptied");
+        remote.api_secret = None;
+        assert!(
+            !provider_secret_differs(&remote, Some(&serving("x"))),
+            "ThreatWinds returns none"
+        );
+    }
+
+    #[test]
+    fn an_edited_secret_is_checked_at_once_and_an_unchanged_one_waits() {
+        let credentials = |secret: &str| Credentials {
+            api_key: "k".into(),
+            api_secret: SecretString::from(secret.to_owned()),
+        };
+        let checked = Some(credentials("s").fingerprint());
+        assert!(!secret_edited_since_check(checked, Some(&credentials("s"))));
+        assert!(secret_edited_since_check(
+            checked,
+            Some(&credentials("edited"))
+        ));
+        assert!(secret_edited_since_check(checked, None), "emptied");
+        assert!(
+            !secret_edited_since_check(None, Some(&credentials("s"))),
+            "first check: the slot decides"
+        );
+        assert_ne!(
+            credentials("s").fingerprint(),
+            Credentials {
+                api_key: "k2".into(),
+                ..credentials("s")
+            }
+            .fingerprint()
         );
     }
 

@@ -39,6 +39,18 @@ pub struct Credentials {
     pub api_secret: SecretString,
 }
 
+impl Credentials {
+    /// A digest of both halves, kept in memory only: tells whether the Secret's
+    /// credentials changed since they were last checked at the provider.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.api_key.hash(&mut hasher);
+        self.api_secret.expose_secret().hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
 impl PartialEq for Credentials {
     fn eq(&self, other: &Self) -> bool {
         self.api_key == other.api_key

@@ -114,6 +114,9 @@ pub(crate) struct DtState {
     tokens: BTreeMap<String, Token>,
     /// By key_pair_key.
     keys: BTreeMap<String, Key>,
+    /// Every key secret and auth token ever handed out, deleted ones included, so a test
+    /// can search the operator's output for all of them.
+    issued: Vec<String>,
     next_seq: u64,
 }
 
@@ -138,6 +141,27 @@ struct Key {
     created_at: i64,
     updated_at: i64,
     seq: u64,
+}
+
+impl DtState {
+    /// `POST /_sandbox/sessions/expire`: every auth token stops working.
+    pub(crate) fn expire_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
+    /// `DELETE /_sandbox/keys/{id}`: the key pair disappears as if deleted by someone else.
+    pub(crate) fn remove_key(&mut self, key: &str) -> bool {
+        self.keys.remove(key).is_some()
+    }
+
+    /// Every secret handed out (see `issued`) and every configured password.
+    pub(crate) fn issued(&self, config: &SandboxConfig) -> Vec<String> {
+        let passwords = config.users.iter().map(|(_, password)| password.clone());
+        let mut secrets: Vec<String> = self.issued.iter().cloned().chain(passwords).collect();
+        secrets.sort();
+        secrets.dedup();
+        secrets
+    }
 }
 
 /// Every key pair, oldest first, for `GET /_sandbox/keys`.
@@ -692,6 +716,7 @@ async fn sign_in(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult {
     shared
         .mutate(|state| {
             let token = random_url_safe(TOKEN_LEN);
+            state.datonis.issued.push(token.clone());
             state.datonis.tokens.insert(
                 token.clone(),
                 Token {
@@ -827,6 +852,7 @@ async fn create(
                 seq: dt.next_seq,
             };
             let response = view.respond(&json!({ "key_pair": view.key_pair(&key) }));
+            dt.issued.push(key.secret.clone());
             dt.keys.insert(key.key.clone(), key);
             Ok(response)
         })

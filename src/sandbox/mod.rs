@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use cli::SandboxArgs;
-pub use control::SandboxStats;
+pub use control::{Issued, SandboxStats};
 pub use faults::{CommitThenFail, FaultConfig};
 pub use readings::{
     DatonisReadings, EnabledFormat, ExpiryDateOrder, ListParamSource, RoleKeyPlacement,

@@ -162,6 +162,9 @@ pub(crate) struct TwState {
     /// By verification code id.
     codes: BTreeMap<String, Code>,
     outbox: Vec<OutboxEmail>,
+    /// Every key secret and session bearer ever handed out, deleted ones included, so a
+    /// test can search the operator's output for all of them.
+    issued: Vec<String>,
     next_seq: u64,
 }
 
@@ -330,7 +333,15 @@ pub(crate) fn init(state: &mut TwState, config: &SandboxConfig, now: i64) {
     }
     let expires_at_ms = add_ms(now, config.session_ttl);
     for token in &config.session_tokens {
-        match state.sessions.values_mut().find(|s| &s.bearer == token) {
+        state.grant_session(token, email, now, expires_at_ms);
+    }
+}
+
+impl TwState {
+    /// Makes `token` the bearer of a verified session of `email` that runs until
+    /// `expires_at_ms` (an existing, expired one is revived).
+    fn grant_session(&mut self, token: &str, email: &str, now: i64, expires_at_ms: i64) {
+        match self.sessions.values_mut().find(|s| s.bearer == token) {
             Some(session) => {
                 session.verified = true;
                 if session.expires_at_ms <= now {
@@ -339,11 +350,11 @@ pub(crate) fn init(state: &mut TwState, config: &SandboxConfig, now: i64) {
             }
             None => {
                 let id = new_id();
-                state.sessions.insert(
+                self.sessions.insert(
                     id.clone(),
                     Session {
                         id,
-                        bearer: token.clone(),
+                        bearer: token.to_owned(),
                         email: email.to_owned(),
                         expires_at_ms,
                         verified: true,
@@ -351,6 +362,41 @@ pub(crate) fn init(state: &mut TwState, config: &SandboxConfig, now: i64) {
                 );
             }
         }
+    }
+
+    /// `PUT /_sandbox/sessions/{token}`: new credentials, as a user signing in again would
+    /// get (owned by [`DEFAULT_THREATWINDS_EMAIL`]).
+    pub(crate) fn add_session(&mut self, token: &str, ttl: std::time::Duration) {
+        let now = now_ms();
+        self.ensure_user(DEFAULT_THREATWINDS_EMAIL);
+        self.grant_session(token, DEFAULT_THREATWINDS_EMAIL, now, add_ms(now, ttl));
+    }
+
+    /// `POST /_sandbox/sessions/expire`: every session ends now.
+    pub(crate) fn expire_sessions(&mut self) {
+        let now = now_ms();
+        for session in self.sessions.values_mut() {
+            session.expires_at_ms = session.expires_at_ms.min(now);
+        }
+    }
+
+    /// `DELETE /_sandbox/keys/{id}`: the key pair disappears as if deleted by someone else.
+    pub(crate) fn remove_key(&mut self, id: &str) -> bool {
+        self.forget_codes_of(id);
+        self.keys.remove(id).is_some()
+    }
+
+    /// Every secret handed out (see `issued`), session bearers of the configuration
+    /// included, and every code e-mailed.
+    pub(crate) fn issued(&self) -> (Vec<String>, Vec<String>) {
+        let bearers = self.sessions.values().map(|s| s.bearer.clone());
+        let mut secrets: Vec<String> = self.issued.iter().cloned().chain(bearers).collect();
+        secrets.sort();
+        secrets.dedup();
+        (
+            secrets,
+            self.outbox.iter().map(|m| m.code.clone()).collect(),
+        )
     }
 }
 
@@ -475,6 +521,7 @@ async fn create_session(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiRe
                 expires_at_ms: add_ms(now, session_ttl),
                 verified: false,
             };
+            tw.issued.push(session.bearer.clone());
             let code_id = tw.send_code(CodePurpose::Session, &session.id, &email, now, code_ttl);
             let response = json!({
                 "bearer": session.bearer,
@@ -623,6 +670,7 @@ async fn create_keypair(
                 updated_at: secs(now),
                 seq: tw.next_seq,
             };
+            tw.issued.push(key.api_secret.clone());
             let code_id = tw.send_code(CodePurpose::Keypair, &key.id, &email, now, code_ttl);
             let response = json!({
                 "apiKey": key.api_key,

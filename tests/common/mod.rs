@@ -226,6 +226,43 @@ impl Sandbox {
             .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum())
     }
 
+    /// Every secret and code the sandbox handed out (`GET /_sandbox/issued`).
+    pub async fn issued(&self) -> keypair_operator::sandbox::Issued {
+        self.get_json("/_sandbox/issued").await
+    }
+
+    /// Removes a key pair behind the operator's back; whether it existed.
+    pub async fn remove_key(&self, id: &str) -> bool {
+        self.control(reqwest::Method::DELETE, &format!("/_sandbox/keys/{id}"))
+            .await
+            .is_success()
+    }
+
+    /// Ends every ThreatWinds session / Datonis auth token now.
+    pub async fn expire_sessions(&self) {
+        let status = self
+            .control(reqwest::Method::POST, "/_sandbox/sessions/expire")
+            .await;
+        assert!(status.is_success(), "expire sessions: {status}");
+    }
+
+    /// ThreatWinds: a new verified session with this bearer token.
+    pub async fn add_session(&self, token: &str) {
+        let status = self
+            .control(reqwest::Method::PUT, &format!("/_sandbox/sessions/{token}"))
+            .await;
+        assert!(status.is_success(), "add session: {status}");
+    }
+
+    async fn control(&self, method: reqwest::Method, path: &str) -> reqwest::StatusCode {
+        self.http
+            .request(method, format!("{}{path}", self.url()))
+            .send()
+            .await
+            .expect("sandbox answers")
+            .status()
+    }
+
     /// Sets injected faults (see `PUT /_sandbox/faults`).
     pub async fn faults(&self, faults: serde_json::Value) {
         let response = self
@@ -265,6 +302,8 @@ pub struct Operator {
     namespace: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Kubeconfig other than the test cluster's (e.g. one through a fault proxy).
+    kubeconfig: Option<PathBuf>,
 }
 
 impl Operator {
@@ -278,6 +317,16 @@ impl Operator {
 
     /// Starts the operator for `namespace` with extra `args` and environment.
     pub async fn start(namespace: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
+        Self::start_via(None, namespace, args, env).await
+    }
+
+    /// [`Operator::start`] reaching the apiserver through `kubeconfig` when given.
+    pub async fn start_via(
+        kubeconfig: Option<PathBuf>,
+        namespace: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
         let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -297,13 +346,17 @@ impl Operator {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            kubeconfig,
         };
         operator.spawn().await;
         operator
     }
 
     async fn spawn(&mut self) {
-        let kubeconfig = kubeconfig_path().await;
+        let kubeconfig = match &self.kubeconfig {
+            Some(path) => path.clone(),
+            None => kubeconfig_path().await,
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -371,6 +424,13 @@ impl Operator {
             .expect("wait operator");
         self.child = None;
         status
+    }
+
+    /// Whether the process runs (it was started and has not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The operator's process id, while it runs.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 use keypair_operator::crd::ApiKeyPair;
 use keypair_operator::sandbox::{
-    DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DatonisReadings, SandboxConfig,
+    DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DatonisReadings, Dialect, SandboxConfig,
     ThreatWindsReadings,
 };
 use kube::Api;
@@ -419,4 +419,70 @@ async fn datonis_recovery_matches_the_attempt_not_a_later_spec() {
     let keys = s.sandbox.keys().await;
     assert_eq!(keys.len(), 1, "adopted, not leaked: {keys:?}");
     assert_eq!(keys[0].role_key.as_deref(), Some(OTHER_ROLE));
+}
+
+/// Found by the fault campaign (`make chaos`, seed 8): a Secret whose API secret someone
+/// overwrote stayed Ready until the key's next check slot (an hour by default). An edit of
+/// the Secret's credentials is now checked at once: ThreatWinds (which shows a secret only
+/// once) replaces the key; Datonis restores the secret from the provider.
+#[tokio::test]
+async fn an_overwritten_api_secret_is_noticed_at_once() {
+    let slow = [
+        "--check-interval",
+        "1h",
+        "--verification-poll-interval",
+        "1s",
+    ];
+    let corrupt = |s: &Scenario| {
+        let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+        async move {
+            let patch = json!({"stringData": {"apiSecret": "overwritten-by-hand"}});
+            secrets
+                .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("overwrite the API secret");
+        }
+    };
+
+    let tw = Scenario::threatwinds("edited-secret-tw", Dialect::Current, &slow, &[]).await;
+    tw.akp("web", tw_spec()).await;
+    tw.verified("web").await;
+    corrupt(&tw).await;
+    tw.wait("web", "a replacement for the lost secret", |a| {
+        a.status.as_ref().and_then(|s| s.create_attempts) == Some(2)
+    })
+    .await;
+
+    // Found by the campaign (seed 1097): a key still waiting for its code, whose secret was
+    // overwritten, failed every new-code request with a 401 forever. Now the session's
+    // list shows the key exists, so the secret is taken for lost and the key replaced.
+    let waiting =
+        Scenario::threatwinds("edited-secret-unverified", Dialect::Current, &slow, &[]).await;
+    waiting.akp("web", tw_spec()).await;
+    waiting
+        .wait_ready("web", "False", "VerificationCodeMissing")
+        .await;
+    corrupt(&waiting).await;
+    waiting
+        .annotate("web", "keypairs.dev/request-new-code", "1")
+        .await;
+    waiting
+        .wait("web", "a replacement for the refused secret", |a| {
+            a.status.as_ref().and_then(|s| s.create_attempts) == Some(2)
+        })
+        .await;
+    let (_, data) = waiting.verified("web").await;
+    assert_ne!(data["apiSecret"], "overwritten-by-hand");
+    waiting.assert_no_orphans(&["web"]).await;
+
+    let dt = Scenario::datonis("edited-secret-dt", &slow, &[]).await;
+    dt.akp("web", dt_spec(ROLE, true)).await;
+    dt.wait_ready("web", "True", "Ready").await;
+    let served = dt.secret("web").await.expect("Secret");
+    corrupt(&dt).await;
+    common::wait_for("the secret restored", Duration::from_secs(30), || async {
+        (dt.secret("web").await? == served).then_some(())
+    })
+    .await;
+    assert_eq!(dt.sandbox.keys().await.len(), 1, "no new key");
 }

@@ -134,6 +134,10 @@ pub struct Timing {
     pub verification_poll_interval: Duration,
     /// The key's next periodic check slot ([`plan::check_slots`]).
     pub next_check_slot: DateTime<Utc>,
+    /// [`Credentials::fingerprint`] of the credentials this process last knew to be the
+    /// key's: written to the Secret from the provider's answer, or confirmed by a check that
+    /// tests the secret (`None` after a restart, until then).
+    pub known_credentials: Option<u64>,
 }
 
 /// What a successful reconcile decided.
@@ -143,6 +147,9 @@ pub struct Outcome {
     pub requeue: Duration,
     /// Whether the key was observed at the provider (so the next check can wait).
     pub checked: bool,
+    /// [`Credentials::fingerprint`] of the credentials known to be the key's, when this run
+    /// learned them (see [`Timing::known_credentials`]).
+    pub known_credentials: Option<u64>,
     /// The status as written.
     pub status: ApiKeyPairStatus,
 }
@@ -157,6 +164,7 @@ pub struct Run<'a> {
     status: ApiKeyPairStatus,
     written: ApiKeyPairStatus,
     checked: bool,
+    known_credentials: Option<u64>,
     /// The rotate annotation value the next create attempt carries out.
     rotation_request: Option<String>,
     /// Whether the spec changed since the status was last written.
@@ -183,6 +191,7 @@ impl<'a> Run<'a> {
             written: status.clone(),
             status,
             checked: false,
+            known_credentials: None,
             rotation_request: None,
             spec_changed: akp.status.as_ref().and_then(|s| s.observed_generation)
                 != akp.metadata.generation,
@@ -236,6 +245,7 @@ impl<'a> Run<'a> {
     async fn apply_secret(&mut self, contents: &SecretContents) -> Result<(), Error> {
         let desired = secret::desired_secret(self.akp, contents);
         self.cluster.apply_secret(&desired).await?;
+        self.known_credentials = Some(contents.current.fingerprint());
         self.applied = Some(contents.clone());
         Ok(())
     }
@@ -265,6 +275,7 @@ impl<'a> Run<'a> {
         Outcome {
             requeue,
             checked: self.checked,
+            known_credentials: self.known_credentials,
             status: self.status.clone(),
         }
     }

@@ -21,7 +21,8 @@ impl Run<'_> {
             Repaired::StartedOver(requeue) => return Ok(requeue),
         };
         let replacement = replacement.filter(|_| self.status.pending_key.is_some());
-        let due = self.timing.check_due || self.spec_changed;
+        let edited = plan::secret_edited_since_check(self.timing.known_credentials, view.current());
+        let due = self.timing.check_due || self.spec_changed || edited;
         if due && let Some(requeue) = self.observe(&key, replacement.as_ref(), &view).await? {
             return Ok(requeue);
         }
@@ -39,7 +40,21 @@ impl Run<'_> {
             return self.rotate(cause, &key).await;
         }
         let was_verified = key.verification.usable();
-        let waiting = self.verification(replacement.as_ref(), &view).await?;
+        let waiting = match self.verification(replacement.as_ref(), &view).await {
+            Err(Error::CredentialsLost { replacement: true }) => {
+                if let Some(replacement) = &replacement {
+                    self.abandon_replacement(replacement).await?;
+                }
+                return Ok(SOON);
+            }
+            Err(Error::CredentialsLost { replacement: false }) => {
+                let why = "the provider refuses the API secret in the Secret";
+                let requeue =
+                    self.start_over(CreatePurpose::SecretLost, &key, replacement.as_ref(), why);
+                return requeue.await;
+            }
+            waiting => waiting?,
+        };
         if !was_verified && self.status.verified == Some(true) {
             // Verified just now: check it with its own credentials, as every verified key.
             let verified = KeyRecord {
@@ -366,6 +381,31 @@ impl Run<'_> {
         Ok(Repaired::Continue(owned_view(contents)))
     }
 
+    /// Puts the provider's copy of the serving credentials back into the Secret, keeping a
+    /// pending replacement there.
+    async fn restore_served(
+        &mut self,
+        remote: &RemoteKeyPair,
+        view: &SecretView,
+    ) -> Result<(), Error> {
+        let Some(api_secret) = remote.api_secret.clone() else {
+            return Ok(());
+        };
+        let current = Credentials {
+            api_key: remote.api_key.clone(),
+            api_secret,
+        };
+        let contents = SecretContents {
+            current,
+            pending: view.pending().cloned(),
+        };
+        self.apply_secret(&contents).await?;
+        let note = "restored the Secret's credentials from the provider".to_owned();
+        self.event(EventType::Normal, "SecretRestored", "RestoreSecret", note)
+            .await;
+        Ok(())
+    }
+
     /// Observes the serving key at the provider; returns a requeue when that started over.
     pub(super) async fn observe(
         &mut self,
@@ -406,6 +446,13 @@ impl Run<'_> {
             }
         };
         self.checked = true;
+        if lookup == Lookup::WithOwnCredentials {
+            // The provider accepted the Secret's secret itself.
+            self.known_credentials = view.current().map(Credentials::fingerprint);
+        }
+        if plan::provider_secret_differs(&remote, view.current()) {
+            self.restore_served(&remote, view).await?;
+        }
         self.record_observation(&remote);
         self.update_datonis(key, &remote).await?;
         Ok(None)

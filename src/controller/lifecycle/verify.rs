@@ -126,10 +126,18 @@ impl Run<'_> {
         for_replacement: bool,
         creds: &Credentials,
     ) -> Result<(), Error> {
-        let new_id = self
+        // A new code voids the last one at the provider: a reconcile working from a stale
+        // object (which has not seen the last request recorded) must not ask again, or the
+        // code id in the status dies. The fence refuses it before anything is sent.
+        self.write(true).await?;
+        let new_id = match self
             .provider
             .request_new_code(&creds.api_key, &creds.api_secret)
-            .await?;
+            .await
+        {
+            Ok(id) => id,
+            Err(error) => return Err(self.new_code_failed(error, for_replacement, creds).await),
+        };
         if requested {
             let annotation = self.akp.annotations().get(REQUEST_NEW_CODE_ANNOTATION);
             self.status.new_code_request = annotation.cloned();
@@ -153,6 +161,49 @@ impl Run<'_> {
         )
         .await;
         Ok(())
+    }
+
+    /// A new-code request failed. A 401 for a key the session still lists, with the same
+    /// credentials in a fresh read of the Secret, means someone overwrote the secret:
+    /// [`Error::CredentialsLost`], which replaces the key (ThreatWinds shows a secret only
+    /// once). Anything else is the error itself.
+    async fn new_code_failed(
+        &self,
+        error: ProviderError,
+        for_replacement: bool,
+        creds: &Credentials,
+    ) -> Error {
+        let key_id = if for_replacement {
+            self.status.pending_key.as_ref().map(|p| p.key_id.clone())
+        } else {
+            self.status.key_id.clone()
+        };
+        let (Some(key_id), ProviderError::Unauthorized { .. }) = (key_id, &error) else {
+            return error.into();
+        };
+        let listed = match self.provider.list().await {
+            Ok(listed) => listed,
+            Err(e) => return e.into(),
+        };
+        if !plan::new_code_refused_credentials(&key_id, &listed, &error) {
+            return error.into();
+        }
+        let fresh = match self.secret_view(true).await {
+            Ok(view) => view,
+            Err(e) => return e,
+        };
+        let held = if for_replacement {
+            fresh.pending()
+        } else {
+            fresh.current()
+        };
+        if held != Some(creds) {
+            // The cache lagged behind the Secret: try again with what it holds now.
+            return Error::Stale;
+        }
+        Error::CredentialsLost {
+            replacement: for_replacement,
+        }
     }
 
     pub(super) async fn submitted(
