@@ -71,6 +71,11 @@ bench: ## the scale benchmark (release build; BENCH_N=10000 for the full run): p
 	scripts/control-plane.sh install
 	KUBECONFIG=$${KUBECONFIG:-$$(scripts/control-plane.sh up)} cargo bench --bench scale
 
+.PHONY: soak
+soak: ## the soak (release build): SOAK_N keys (1000) for SOAK_MINUTES (10) under 5% provider faults; prints samples, figures against goals, one JSON line
+	scripts/control-plane.sh install
+	KUBECONFIG=$${KUBECONFIG:-$$(scripts/control-plane.sh up)} cargo bench --bench soak
+
 .PHONY: crds
 crds: ## regenerate crds/ and the Helm chart's files/crds/ (rendered by templates/crds.yaml) from the Rust types
 	cargo run --quiet -- crds --output-dir crds

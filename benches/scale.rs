@@ -15,154 +15,23 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
-/// A `/metrics` page, by series.
-type Metrics = BTreeMap<String, f64>;
-
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use keypair_operator::crd::ApiKeyPair;
-use keypair_operator::sandbox::SandboxConfig;
+use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 
-const SESSION_TOKEN: &str = "bench-session-token";
-const ROLE: &str = "role-bench";
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// One printed figure and its goal.
-struct Row {
-    name: String,
-    value: f64,
-    unit: &'static str,
-    goal: Option<(&'static str, f64)>,
-}
-
-impl Row {
-    fn met(&self) -> Option<bool> {
-        self.goal.map(|(op, goal)| match op {
-            "<=" => self.value <= goal,
-            ">=" => self.value >= goal,
-            _ => false,
-        })
-    }
-}
-
-#[derive(Default)]
-struct Report {
-    rows: Vec<Row>,
-}
-
-impl Report {
-    fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) {
-        self.rows.push(Row {
-            name: name.into(),
-            value,
-            unit,
-            goal: None,
-        });
-    }
-
-    fn goal(
-        &mut self,
-        name: impl Into<String>,
-        value: f64,
-        unit: &'static str,
-        op: &'static str,
-        goal: f64,
-    ) {
-        self.rows.push(Row {
-            name: name.into(),
-            value,
-            unit,
-            goal: Some((op, goal)),
-        });
-    }
-
-    fn print(&self) {
-        println!();
-        println!(
-            "{:<58} {:>12} {:<8} {:<16}",
-            "figure", "value", "unit", "goal"
-        );
-        for row in &self.rows {
-            let goal = row
-                .goal
-                .map(|(op, g)| format!("{op} {g:.2}"))
-                .unwrap_or_default();
-            let verdict = match row.met() {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "",
-            };
-            println!(
-                "{:<58} {:>12.2} {:<8} {:<16} {verdict}",
-                row.name, row.value, row.unit, goal
-            );
-        }
-        let json: serde_json::Map<String, serde_json::Value> = self
-            .rows
-            .iter()
-            .map(|r| (r.name.replace(' ', "_"), json!(r.value)))
-            .collect();
-        println!("{}", serde_json::Value::Object(json));
-    }
-}
-
-const KUBE: &str = common::KUBE_REQUESTS;
-const PROVIDER: &str = "keypair_operator_provider_requests_total";
-
-/// The operator's counters and gauges, by full series text.
-async fn scrape(operator: &common::Operator) -> Metrics {
-    common::metrics(&operator.http).await
-}
-
-/// Kube requests between two scrapes, by `verb resource`.
-fn kube_by_verb(before: &Metrics, after: &Metrics) -> BTreeMap<String, f64> {
-    common::grown(
-        &common::kube_requests(before),
-        &common::kube_requests(after),
-    )
-}
-
-fn rss_mb(operator: &common::Operator) -> f64 {
-    let Some(pid) = operator.pid() else {
-        return f64::NAN;
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-async fn wait_ready_endpoint(operator: &common::Operator, timeout: Duration) -> Duration {
-    let started = Instant::now();
-    common::wait_for("operator /readyz", timeout, || async {
-        let ok = reqwest::get(format!("{}/readyz", operator.http))
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        ok.then_some(())
-    })
-    .await;
-    started.elapsed()
-}
+use support::{
+    KUBE, PROVIDER, Report, Setup, create_key_pairs, knob, kube_by_verb, percentile,
+    provider_setup, rss_mb, sandbox_calls, scrape, wait_all_ready, wait_ready_endpoint,
+};
 
 /// The apiserver's own create ceiling: `clients` writers creating ~1 KB ConfigMaps.
 async fn create_ceiling(client: &Client, ns: &str, count: usize, clients: usize) -> f64 {
@@ -184,149 +53,6 @@ async fn create_ceiling(client: &Client, ns: &str, count: usize, clients: usize)
     count as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Creates `count` `ApiKeyPair`s with `clients` writers; returns when each was applied.
-async fn create_key_pairs(
-    client: &Client,
-    ns: &str,
-    count: usize,
-    clients: usize,
-    spec: serde_json::Value,
-) -> HashMap<String, Instant> {
-    let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
-    let applied = Arc::new(std::sync::Mutex::new(HashMap::new()));
-    futures::stream::iter(0..count)
-        .for_each_concurrent(clients, |i| {
-            let (api, spec, applied) = (api.clone(), spec.clone(), applied.clone());
-            async move {
-                let name = format!("k-{i}");
-                let object: ApiKeyPair = serde_json::from_value(json!({
-                    "apiVersion": "keypairs.dev/v1alpha1", "kind": "ApiKeyPair",
-                    "metadata": {"name": name}, "spec": spec}))
-                .expect("key pair");
-                let at = Instant::now();
-                if api.create(&PostParams::default(), &object).await.is_ok()
-                    && let Ok(mut applied) = applied.lock()
-                {
-                    applied.insert(name, at);
-                }
-            }
-        })
-        .await;
-    applied.lock().map(|a| a.clone()).unwrap_or_default()
-}
-
-/// Watches until every key pair in `applied` meets `ready`; returns apply→ready per key
-/// and when the last became ready.
-async fn wait_all_ready(
-    client: &Client,
-    ns: &str,
-    applied: &HashMap<String, Instant>,
-    ready: impl Fn(&ApiKeyPair) -> bool,
-    timeout: Duration,
-) -> (Vec<Duration>, Instant) {
-    let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
-    let mut latencies = HashMap::new();
-    let mut last = Instant::now();
-    let mut stream = watcher(api, watcher::Config::default())
-        .applied_objects()
-        .boxed();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while latencies.len() < applied.len() {
-        let next = tokio::time::timeout_at(deadline, stream.next()).await;
-        let Ok(Some(Ok(akp))) = next else {
-            if next.is_err() {
-                eprintln!("timed out: {} of {} ready", latencies.len(), applied.len());
-                break;
-            }
-            continue;
-        };
-        let name = akp.name_any();
-        if ready(&akp)
-            && !latencies.contains_key(&name)
-            && let Some(at) = applied.get(&name)
-        {
-            last = Instant::now();
-            latencies.insert(name, last - *at);
-        }
-    }
-    let mut latencies: Vec<Duration> = latencies.into_values().collect();
-    latencies.sort();
-    (latencies, last)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)].as_secs_f64()
-}
-
-fn tw_ready(akp: &ApiKeyPair) -> bool {
-    akp.status
-        .as_ref()
-        .is_some_and(|s| s.key_id.is_some() && s.pending_create.is_none())
-}
-
-fn dt_ready(akp: &ApiKeyPair) -> bool {
-    tw_ready(akp) && common::condition(akp, "Ready").is_some_and(|(status, _)| status == "True")
-}
-
-struct Setup {
-    ns: String,
-    sandbox: common::Sandbox,
-    provider_spec: serde_json::Value,
-    spec: serde_json::Value,
-    ready: fn(&ApiKeyPair) -> bool,
-}
-
-async fn provider_setup(client: &Client, threatwinds: bool, latency_ms: u64) -> Setup {
-    let kind = if threatwinds { "tw" } else { "dt" };
-    let ns = common::test_namespace(client, &format!("bench-{kind}")).await;
-    let sandbox = if threatwinds {
-        let mut config = SandboxConfig::threatwinds();
-        config.session_tokens = vec![SESSION_TOKEN.to_owned()];
-        common::Sandbox::start(config).await
-    } else {
-        let mut config = SandboxConfig::datonis();
-        config.roles = vec![(ROLE.to_owned(), "Bench".to_owned())];
-        common::Sandbox::start(config).await
-    };
-    sandbox.faults(json!({"latency_ms": latency_ms})).await;
-    let spec = if threatwinds {
-        common::put_secret(client, &ns, "creds", &[("token", SESSION_TOKEN)]).await;
-        json!({"threatwinds": {"url": sandbox.url(), "sessionSecretRef": {"name": "creds", "key": "token"}}})
-    } else {
-        let (email, password) = (
-            keypair_operator::sandbox::DEFAULT_DATONIS_EMAIL,
-            keypair_operator::sandbox::DEFAULT_DATONIS_PASSWORD,
-        );
-        common::put_secret(
-            client,
-            &ns,
-            "creds",
-            &[("email", email), ("password", password)],
-        )
-        .await;
-        json!({"datonis": {"url": sandbox.url(), "credentialsSecretRef": {"name": "creds"}}})
-    };
-    let provider = json!({"apiVersion": "keypairs.dev/v1alpha1", "kind": "KeyPairProvider",
-        "metadata": {"name": "p"}, "spec": spec.clone()});
-    common::apply_json::<keypair_operator::crd::KeyPairProvider>(client, Some(&ns), provider).await;
-    let key_spec = if threatwinds {
-        json!({"providerRef": {"name": "p"}, "validityDays": 90})
-    } else {
-        json!({"providerRef": {"name": "p"}, "validityDays": 90, "datonis": {"roleKey": ROLE}})
-    };
-    Setup {
-        ns,
-        sandbox,
-        provider_spec: spec,
-        spec: key_spec,
-        ready: if threatwinds { tw_ready } else { dt_ready },
-    }
-}
-
 /// Creates N keys at one provider and reports throughput, latency and requests per object.
 async fn creates(
     client: &Client,
@@ -343,7 +69,7 @@ async fn creates(
     } else {
         "datonis"
     };
-    let setup = provider_setup(client, threatwinds, knob("BENCH_LATENCY_MS", 10)).await;
+    let setup = provider_setup(client, "bench", threatwinds, knob("BENCH_LATENCY_MS", 10)).await;
     let operator = common::Operator::start(&setup.ns, &["--concurrency", "32"], &[]).await;
     wait_ready_endpoint(&operator, Duration::from_secs(60)).await;
     if threatwinds {
@@ -351,7 +77,7 @@ async fn creates(
     }
     let before = scrape(&operator).await;
     let started = Instant::now();
-    let applied = create_key_pairs(client, &setup.ns, n, clients, setup.spec.clone()).await;
+    let applied = create_key_pairs(client, &setup.ns, n, clients, &|_| setup.spec.clone()).await;
     let timeout = Duration::from_secs(120 + n as u64 / 2);
     let (latencies, last) = wait_all_ready(client, &setup.ns, &applied, setup.ready, timeout).await;
     let rate = latencies.len() as f64 / (last - started).as_secs_f64();
@@ -527,20 +253,6 @@ async fn restart(report: &mut Report, setup: &Setup, operator: &mut common::Oper
     );
 }
 
-fn sandbox_calls(stats: &serde_json::Value) -> f64 {
-    stats
-        .as_object()
-        .map(|endpoints| {
-            endpoints
-                .iter()
-                .filter(|(endpoint, _)| !endpoint.starts_with("/_sandbox"))
-                .flat_map(|(_, by_status)| by_status.as_object().into_iter().flatten())
-                .filter_map(|(_, v)| v.as_f64())
-                .sum()
-        })
-        .unwrap_or(0.0)
-}
-
 /// Unrelated 100 KB Secrets in the watched namespace: what they cost the operator.
 async fn unrelated_secrets(
     client: &Client,
@@ -578,7 +290,7 @@ async fn unrelated_secrets(
 /// operator only learns it from 429s and their `Retry-After`).
 async fn rate_limited(client: &Client, report: &mut Report, declared: bool) {
     let rate = knob("BENCH_RATE", 20) as f64;
-    let setup = provider_setup(client, false, 0).await;
+    let setup = provider_setup(client, "bench", false, 0).await;
     setup.sandbox.faults(json!({"rate_limit_rps": rate})).await;
     if declared {
         let mut spec = setup.provider_spec.clone();
@@ -597,7 +309,7 @@ async fn rate_limited(client: &Client, report: &mut Report, declared: bool) {
     let count = (rate as usize * 15).max(50);
     let before = setup.sandbox.stats().await;
     let started = Instant::now();
-    let applied = create_key_pairs(client, &setup.ns, count, 16, setup.spec.clone()).await;
+    let applied = create_key_pairs(client, &setup.ns, count, 16, &|_| setup.spec.clone()).await;
     let (ready, _) = wait_all_ready(
         client,
         &setup.ns,
