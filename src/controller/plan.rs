@@ -267,6 +267,22 @@ pub fn confirmation(key_id: &str, listed: &[RemoteKeyPair], error: &ProviderErro
     }
 }
 
+/// Whether a failed reconcile leaves `Ready=True` as it is: a transient failure (the
+/// provider or the API server unavailable, throttling) does not make the credentials the
+/// Secret serves any less usable, and flipping `Ready` on every blip would flap health
+/// checks (Argo CD shows Degraded) and cost two status writes per blip. The failure goes
+/// in a Warning event; a failure that needs someone (credentials refused, a bad spec) and
+/// any failure after a spec change still sets `Ready=False`.
+pub fn failure_keeps_ready(ready_status: Option<&str>, failure_reason: &str) -> bool {
+    let transient = [
+        reason::REMOTE_UNAVAILABLE,
+        reason::RATE_LIMITED,
+        reason::PROGRESSING,
+    ]
+    .contains(&failure_reason);
+    transient && ready_status == Some(status::TRUE)
+}
+
 /// Whether the provider returned a secret for the serving key (Datonis does) that the
 /// Secret does not hold: someone overwrote or emptied it, and the provider's copy wins.
 pub fn provider_secret_differs(remote: &RemoteKeyPair, serving: Option<&Credentials>) -> bool {
@@ -1614,6 +1630,26 @@ mod tests {
             !new_code_refused_credentials("k1", &listed, &server),
             "not a refusal"
         );
+    }
+
+    #[test]
+    fn only_a_transient_failure_of_a_ready_key_leaves_ready_standing() {
+        assert!(failure_keeps_ready(
+            Some("True"),
+            reason::REMOTE_UNAVAILABLE
+        ));
+        assert!(failure_keeps_ready(Some("True"), reason::RATE_LIMITED));
+        assert!(failure_keeps_ready(Some("True"), reason::PROGRESSING));
+        assert!(!failure_keeps_ready(
+            Some("True"),
+            reason::PROVIDER_NOT_READY
+        ));
+        assert!(!failure_keeps_ready(Some("True"), reason::INVALID_SPEC));
+        assert!(!failure_keeps_ready(
+            Some("False"),
+            reason::REMOTE_UNAVAILABLE
+        ));
+        assert!(!failure_keeps_ready(None, reason::REMOTE_UNAVAILABLE));
     }
 
     #[test]

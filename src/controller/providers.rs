@@ -942,6 +942,33 @@ async fn reconcile_provider<P: ProviderResource>(
     .await;
     let (ready, session_expire_at, next) = provider_outcome(&result, &ctx.settings);
     let mut status = provider.provider_status().cloned().unwrap_or_default();
+    let current = conditions::find(&status.conditions, READY).map(|c| c.status.as_str());
+    let observed = status.observed_generation == provider.meta().generation;
+    if ready.status == status::FALSE
+        && observed
+        && super::plan::failure_keeps_ready(current, ready.reason)
+    {
+        // A blip does not unmake valid credentials; flipping Ready would also wake every
+        // key pair that uses this provider, twice.
+        let event = Event {
+            type_: EventType::Warning,
+            reason: ready.reason.to_owned(),
+            note: Some(format!(
+                "{} (Ready stands; checked again soon)",
+                ready.message
+            )),
+            action: "CheckCredentials".to_owned(),
+            secondary: None,
+        };
+        super::publish_event(
+            &ctx.recorder,
+            &ctx.client,
+            &event,
+            &provider.object_ref(&()),
+        )
+        .await;
+        return Ok(Action::requeue(next));
+    }
     let previous = status.clone();
     let was_ready = conditions::is_true(&status.conditions, READY);
     let now_ready = ready.status == status::TRUE;

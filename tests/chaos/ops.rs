@@ -72,6 +72,18 @@ pub enum Edit {
     KeepOnDelete(bool),
     /// ThreatWinds `keyName` (a replacement); Datonis `enabled`.
     Rename(u8),
+    /// `suspend` (lifted before the checks, as a user would).
+    Suspend(bool),
+    /// `secretName`: the resource's name (0), or `<name>-s<n>` (the Secret moves).
+    SecretName(u8),
+    /// `renewBefore`: the default (0), `72h`, `240h`.
+    RenewBefore(u8),
+    /// `checkInterval`: the operator's (0), `2s`, `1h`.
+    CheckInterval(u8),
+    /// A `secretTemplate` annotation value.
+    Annotation(u8),
+    /// Datonis `roleKey`, one of the sandbox's roles (no effect on ThreatWinds).
+    Role(u8),
 }
 
 /// Provider misbehaviour set through the sandbox's `PUT /_sandbox/faults`.
@@ -218,11 +230,17 @@ fn one_op(rng: &mut StdRng, shape: Shape) -> Op {
 }
 
 fn edit(rng: &mut StdRng) -> Edit {
-    match rng.random_range(0..4) {
+    match rng.random_range(0..10) {
         0 => Edit::Validity([30, 45, 90][rng.random_range(0..3)]),
         1 => Edit::Label(rng.random_range(0..4)),
         2 => Edit::KeepOnDelete(rng.random_bool(0.5)),
-        _ => Edit::Rename(rng.random_range(0..3)),
+        3 => Edit::Rename(rng.random_range(0..3)),
+        4 => Edit::Suspend(rng.random_bool(0.5)),
+        5 => Edit::SecretName(rng.random_range(0..3)),
+        6 => Edit::RenewBefore(rng.random_range(0..3)),
+        7 => Edit::CheckInterval(rng.random_range(0..3)),
+        8 => Edit::Annotation(rng.random_range(0..3)),
+        _ => Edit::Role(rng.random_range(0..3)),
     }
 }
 

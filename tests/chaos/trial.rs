@@ -19,7 +19,8 @@ use k8s_openapi::api::core::v1::Secret;
 use keypair_operator::controller::plan::attempt_name_owner;
 use keypair_operator::crd::{ApiKeyPair, KeyPairProvider};
 use keypair_operator::sandbox::{
-    DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, SandboxConfig, SandboxKey,
+    DEFAULT_DATONIS_EMAIL, DEFAULT_DATONIS_PASSWORD, DEFAULT_DATONIS_ROLES, SandboxConfig,
+    SandboxKey,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -35,7 +36,6 @@ pub const CONVERGE: Duration = Duration::from_secs(120);
 const GONE: Duration = Duration::from_secs(60);
 /// Between two operations.
 const STEP_GAP: Duration = Duration::from_millis(200);
-const ROLE: &str = "1946c4ce5c";
 
 /// What a trial found.
 #[derive(Debug, Default)]
@@ -60,13 +60,19 @@ struct Replica {
     aborts_seen: usize,
 }
 
-/// The user's desired spec of one name.
+/// The user's desired spec of one name (see [`Edit`]).
 #[derive(Clone, Copy, Default)]
 struct Desired {
     validity: u32,
     label: u8,
     keep: bool,
     rename: u8,
+    suspend: bool,
+    secret_name: u8,
+    renew_before: u8,
+    check_interval: u8,
+    annotation: u8,
+    role: u8,
 }
 
 /// A resource deleted while its policy kept the remote key: keys it made may stay.
@@ -241,19 +247,31 @@ impl World {
                     Edit::Label(value) => desired.label = value,
                     Edit::KeepOnDelete(keep) => desired.keep = keep,
                     Edit::Rename(value) => desired.rename = value,
+                    Edit::Suspend(on) => desired.suspend = on,
+                    Edit::SecretName(n) => desired.secret_name = n,
+                    Edit::RenewBefore(n) => desired.renew_before = n,
+                    Edit::CheckInterval(n) => desired.check_interval = n,
+                    Edit::Annotation(n) => desired.annotation = n,
+                    Edit::Role(n) => desired.role = n,
                 }
                 self.apply(*k).await;
             }
             Op::Delete(k) => self.delete(*k).await,
             Op::DeleteSecret(k) => {
                 let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
-                let _ = secrets.delete(&name(*k), &DeleteParams::default()).await;
+                let _ = secrets
+                    .delete(&self.secret_of(*k), &DeleteParams::default())
+                    .await;
             }
             Op::CorruptSecret(k) => {
                 let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
                 let patch = json!({"stringData": {"apiSecret": "chaos-corrupted"}});
                 let _ = secrets
-                    .patch(&name(*k), &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(
+                        &self.secret_of(*k),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
                     .await;
             }
             Op::Rotate(k) => self.annotate(*k, "keypairs.dev/rotate").await,
@@ -360,21 +378,45 @@ impl World {
         if replica == 0 { leader } else { 1 - leader }
     }
 
+    /// The Secret `k<n>` is meant to be served in.
+    fn secret_of(&self, k: usize) -> String {
+        match self.desired[k].secret_name {
+            0 => name(k),
+            n => format!("{}-s{n}", name(k)),
+        }
+    }
+
     fn spec(&self, k: usize) -> Value {
         let d = self.desired[k];
         let mut spec = json!({
             "providerRef": {"name": "p"},
             "validityDays": d.validity,
             "rotation": {"gracePeriod": "2s"},
-            "secretTemplate": {"labels": {"chaos": format!("l{}", d.label)}},
+            "secretTemplate": {
+                "labels": {"chaos": format!("l{}", d.label)},
+                "annotations": {"chaos/annotation": format!("a{}", d.annotation)},
+            },
         });
+        if d.suspend {
+            spec["suspend"] = json!(true);
+        }
+        if d.secret_name > 0 {
+            spec["secretName"] = json!(format!("{}-s{}", name(k), d.secret_name));
+        }
+        if let Some(before) = [None, Some("72h"), Some("240h")][usize::from(d.renew_before % 3)] {
+            spec["renewBefore"] = json!(before);
+        }
+        if let Some(every) = [None, Some("2s"), Some("1h")][usize::from(d.check_interval % 3)] {
+            spec["checkInterval"] = json!(every);
+        }
         if is_threatwinds(self.shape) {
             spec["verification"] =
                 json!({"codeSecretRef": {"name": code_secret(k), "key": "code"}});
             spec["keyName"] = json!(format!("chaos {} v{}", name(k), d.rename));
             spec["deletionPolicy"] = json!(if d.keep { "Orphan" } else { "Delete" });
         } else {
-            spec["datonis"] = json!({"roleKey": ROLE, "enabled": d.rename != 1});
+            let role = DEFAULT_DATONIS_ROLES[usize::from(d.role) % DEFAULT_DATONIS_ROLES.len()].0;
+            spec["datonis"] = json!({"roleKey": role, "enabled": d.rename != 1});
             spec["deletionPolicy"] = json!(if d.keep { "Disable" } else { "Delete" });
         }
         spec
@@ -434,6 +476,11 @@ impl World {
         let _ = api
             .patch(&name(k), &PatchParams::default(), &Patch::Merge(&patch))
             .await;
+    }
+
+    async fn key_pair_exists(&self, k: usize) -> bool {
+        let api: Api<ApiKeyPair> = Api::namespaced(self.client.clone(), &self.ns);
+        matches!(api.get_opt(&name(k)).await, Ok(Some(_)))
     }
 
     async fn key_id(&self, k: usize) -> Option<String> {
@@ -535,6 +582,14 @@ impl World {
         }
         self.proxy.set(ApiFaults::default());
         self.sandbox.faults(json!({})).await;
+        for k in 0..NAMES {
+            if self.desired[k].suspend {
+                self.desired[k].suspend = false;
+                if self.key_pair_exists(k).await {
+                    self.apply(k).await;
+                }
+            }
+        }
         if self.credentials_broken {
             self.renew_credentials().await;
         }
@@ -570,7 +625,7 @@ impl World {
         if !quiet {
             return false;
         }
-        let data = common::secret_data(&self.client, &self.ns, &akp.name_any())
+        let data = common::secret_data(&self.client, &self.ns, &served_by(akp))
             .await
             .unwrap_or_default();
         keys.iter().any(|k| {
@@ -603,6 +658,18 @@ impl World {
                     self.submit_code(k, true).await;
                 }
                 let ready = common::condition(&akp, "Ready");
+                if ready
+                    .as_ref()
+                    .is_some_and(|(_, reason)| reason == "SecretConflict")
+                {
+                    // A Secret kept by an earlier resource of this name (Orphan): the
+                    // user clears it, as the troubleshooting table says.
+                    self.count("user removed a conflicting Secret");
+                    let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
+                    let _ = secrets
+                        .delete(&served_by(&akp), &DeleteParams::default())
+                        .await;
+                }
                 waiting.push(format!("{name} {ready:?}"));
             }
             if waiting.is_empty() {
@@ -645,7 +712,7 @@ impl World {
             if let Some(other) = owners.insert(key_id.clone(), name.clone()) {
                 self.violation(format!("I3 {name} and {other} record the same key"));
             }
-            let data = common::secret_data(&self.client, &self.ns, &name)
+            let data = common::secret_data(&self.client, &self.ns, &served_by(&akp))
                 .await
                 .unwrap_or_default();
             let live = keys.iter().find(|k| k.id == key_id);
@@ -804,6 +871,14 @@ fn uid8(akp: &ApiKeyPair) -> String {
         .chars()
         .take(8)
         .collect()
+}
+
+/// The Secret a resource's spec names.
+fn served_by(akp: &ApiKeyPair) -> String {
+    akp.spec
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| akp.name_any())
 }
 
 fn index_of(name: &str) -> Option<usize> {

@@ -272,3 +272,63 @@ async fn a_restarted_operator_picks_up_where_it_left_off() {
     .await;
     assert_eq!(s.sandbox.keys().await.len(), 1);
 }
+
+/// Found by the soak (`make soak`): every failed routine check flipped a healthy key's
+/// `Ready` to False for a second (Argo CD showed Degraded) at the cost of two status
+/// writes. A transient failure of a Ready key is now a Warning event, and `Ready` stands.
+#[tokio::test]
+async fn a_provider_outage_leaves_a_ready_key_ready() {
+    let s = Scenario::datonis("outage-ready", &[], &[]).await;
+    s.akp(
+        "agent",
+        json!({"providerRef": {"name": "p"}, "datonis": {"roleKey": "1946c4ce5c"}}),
+    )
+    .await;
+    let ready = s.wait_ready("agent", "True", "Ready").await;
+    s.sandbox
+        .faults(json!({"error_rate": 1.0, "error_status": 503}))
+        .await;
+    let failed_checks = || async {
+        let stats = s.sandbox.stats().await;
+        stats["GET /api/v3/key_pairs/{key}"]["503"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let failed_sign_ins = || async {
+        let stats = s.sandbox.stats().await;
+        let all: u64 = stats
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v["503"].as_u64()).sum())
+            .unwrap_or(0);
+        all - failed_checks().await
+    };
+    common::wait_for(
+        "three failed key checks and a failed provider check",
+        Duration::from_secs(30),
+        || async { (failed_checks().await >= 3 && failed_sign_ins().await >= 1).then_some(()) },
+    )
+    .await;
+    let during = s.wait("agent", "read", |_| true).await;
+    assert!(common::ready_is(&during, "True", "Ready"));
+    assert_eq!(
+        during.metadata.resource_version, ready.metadata.resource_version,
+        "no status write for a transient failure"
+    );
+    let events = common::events_for(&s.client, &s.ns, "agent").await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, note)| reason == "RemoteUnavailable" && note.contains("Ready stands")),
+        "{events:?}"
+    );
+    // The provider's own credential check failed too, and it stays Ready as well: its
+    // status does not move, so it wakes none of its key pairs.
+    let providers: Api<KeyPairProvider> = Api::namespaced(s.client.clone(), &s.ns);
+    let provider = providers.get("p").await.expect("provider");
+    let ready = provider
+        .status
+        .and_then(|st| st.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .expect("provider Ready");
+    assert_eq!(ready.status, "True", "{ready:?}");
+    s.sandbox.faults(json!({})).await;
+}

@@ -68,15 +68,23 @@ async fn key_pair(s: &Scenario, name: &str, shard: &str) {
 
 /// Which operator instances published events about `name`.
 async fn reporters(s: &Scenario, name: &str) -> Vec<String> {
-    let mut instances: Vec<String> = common::all_events(&s.client, &s.ns)
-        .await
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter_map(|e| e.reporting_instance)
-        .collect();
-    instances.sort();
-    instances.dedup();
-    instances
+    // An event may land just after the status it follows: wait for the first one.
+    common::wait_for(
+        &format!("events about {name}"),
+        Duration::from_secs(30),
+        || async {
+            let mut instances: Vec<String> = common::all_events(&s.client, &s.ns)
+                .await
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+                .filter_map(|e| e.reporting_instance)
+                .collect();
+            instances.sort();
+            instances.dedup();
+            (!instances.is_empty()).then_some(instances)
+        },
+    )
+    .await
 }
 
 #[tokio::test]

@@ -452,7 +452,8 @@ pub fn deletion(akp: &ApiKeyPair) -> Deletion {
 }
 
 /// Puts a failure in the status (`Ready=False` with its reason and message) and, when the
-/// reason is new, in a Warning event. `dirty`: the status has other unwritten changes.
+/// reason is new, in a Warning event; a transient one of a Ready key goes in an event only
+/// ([`plan::failure_keeps_ready`]). `dirty`: the status has other unwritten changes.
 pub async fn report(
     akp: &ApiKeyPair,
     cluster: &dyn Cluster,
@@ -466,7 +467,24 @@ pub async fn report(
         // failure that interrupted the attempt is already in `Ready`.
         return Ok(());
     }
-    let was = conditions::find(&status.conditions, READY).map(|c| c.reason.clone());
+    let ready = conditions::find(&status.conditions, READY);
+    let generation_moved = status.observed_generation != akp.metadata.generation;
+    if !generation_moved
+        && plan::failure_keeps_ready(ready.map(|c| c.status.as_str()), error.reason())
+    {
+        if dirty {
+            match cluster.write_status(status).await {
+                Err(Error::Stale) => return Ok(()),
+                other => other?,
+            }
+        }
+        let note = format!("{error} (the Secret keeps serving its key; Ready stands)");
+        cluster
+            .event(EventType::Warning, error.reason(), action, note)
+            .await;
+        return Ok(());
+    }
+    let was = ready.map(|c| c.reason.clone());
     let desired = conditions::Desired {
         type_: READY,
         status: status::FALSE,
@@ -474,7 +492,6 @@ pub async fn report(
         message: error.to_string(),
     };
     let changed = conditions::set(&mut status.conditions, desired, akp.metadata.generation);
-    let generation_moved = status.observed_generation != akp.metadata.generation;
     status.observed_generation = akp.metadata.generation;
     if changed || generation_moved || dirty {
         match cluster.write_status(status).await {
