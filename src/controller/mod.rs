@@ -354,6 +354,14 @@ pub enum Error {
         /// Whether the refused credentials are those of the pending replacement.
         replacement: bool,
     },
+    /// A code was refused for a key the session no longer lists (deleted behind the
+    /// operator's back): the lifecycle recreates it (drops the replacement, when
+    /// `replacement`) instead of waiting for a code that cannot come.
+    #[error("the key pair is gone at the provider")]
+    KeyGone {
+        /// Whether it is the pending replacement that is gone.
+        replacement: bool,
+    },
     /// The finalizer helper failed.
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -381,6 +389,7 @@ impl Error {
                 reason::PROGRESSING
             }
             Error::CredentialsLost { .. } => reason::SECRET_LOST,
+            Error::KeyGone { .. } => reason::REMOTE_KEY_MISSING,
             Error::Provider(e) => provider_reason(e),
             Error::ProviderNotFound(_) => reason::PROVIDER_NOT_FOUND,
             Error::ProviderNotAllowed(_) => reason::PROVIDER_NOT_ALLOWED,
@@ -400,7 +409,8 @@ impl Error {
             | Error::Stale
             | Error::Retrying(_)
             | Error::Finalizer(_)
-            | Error::CredentialsLost { .. } => true,
+            | Error::CredentialsLost { .. }
+            | Error::KeyGone { .. } => true,
             Error::Provider(e) => e.is_retryable(),
             // Fixed by someone else (a provider appears, a Secret is created): the watches
             // trigger a reconcile then, and a slow retry covers what they cannot see.

@@ -294,6 +294,26 @@ pub fn provider_secret_differs(remote: &RemoteKeyPair, serving: Option<&Credenti
     })
 }
 
+/// What the session's list says of a key whose code was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterRefusedCode {
+    /// Verified: an earlier submission of the code went through and its answer was lost.
+    Verified,
+    /// Not listed: the key was deleted behind the operator's back, and its codes with it.
+    Missing,
+    /// Listed and not verified: the refusal stands.
+    Refused,
+}
+
+/// Reads a complete list of the session's keys after a code for `key_id` was refused.
+pub fn after_refused_code(key_id: &str, listed: &[RemoteKeyPair]) -> AfterRefusedCode {
+    match listed.iter().find(|k| k.key_id == key_id) {
+        None => AfterRefusedCode::Missing,
+        Some(k) if k.verified == Some(true) => AfterRefusedCode::Verified,
+        Some(_) => AfterRefusedCode::Refused,
+    }
+}
+
 /// Whether a new-code request that answered `error` refused the key's own credentials:
 /// only when it is a 401 and the session (which the request also carries) still lists the
 /// key. A key that is not listed is left to the next observation to confirm gone.
@@ -1630,6 +1650,21 @@ mod tests {
             !new_code_refused_credentials("k1", &listed, &server),
             "not a refusal"
         );
+    }
+
+    #[test]
+    fn a_refused_code_is_read_against_the_list() {
+        let mut waiting = key("k1", "key-1");
+        waiting.verified = Some(false);
+        let mut done = key("k2", "key-2");
+        done.verified = Some(true);
+        let listed = [waiting, done];
+        assert_eq!(after_refused_code("k1", &listed), AfterRefusedCode::Refused);
+        assert_eq!(
+            after_refused_code("k2", &listed),
+            AfterRefusedCode::Verified
+        );
+        assert_eq!(after_refused_code("k3", &listed), AfterRefusedCode::Missing);
     }
 
     #[test]

@@ -61,6 +61,9 @@ async fn run(replay: Replay) -> Finished {
             format!("{} VIOLATIONS", outcome.violations.len())
         }
     );
+    for violation in &outcome.violations {
+        println!("  seed {}: {violation}", replay.seed);
+    }
     Finished { replay, outcome }
 }
 

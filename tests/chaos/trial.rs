@@ -633,7 +633,13 @@ impl World {
             && status.key_id.is_some()
             && status.pending_create.is_none()
             && status.pending_key.is_none()
-            && status.previous_key.is_none();
+            && status.previous_key.is_none()
+            // A rotation asked for by annotation moves no generation: it is done once the
+            // status records the value.
+            && akp
+                .annotations()
+                .get("keypairs.dev/rotate")
+                .is_none_or(|asked| status.rotation_request.as_ref() == Some(asked));
         if !quiet {
             return false;
         }

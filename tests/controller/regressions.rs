@@ -486,3 +486,41 @@ async fn an_overwritten_api_secret_is_noticed_at_once() {
     .await;
     assert_eq!(dt.sandbox.keys().await.len(), 1, "no new key");
 }
+
+/// Seen in the fault campaign (seeds 7031, 7159 of 883c54b): a ThreatWinds key deleted
+/// behind the operator's back while it waited for its code refused every code (its codes
+/// died with it) until the next periodic check, an hour by default. A refused code is now
+/// read against the session's list, and a key it no longer shows is recreated.
+#[tokio::test]
+async fn a_key_deleted_while_it_waits_for_its_code_is_recreated_when_the_code_is_refused() {
+    let slow = [
+        "--check-interval",
+        "1h",
+        "--verification-poll-interval",
+        "1s",
+    ];
+    let s = Scenario::threatwinds("gone-waiting", Dialect::Current, &slow, &[]).await;
+    s.akp("web", tw_spec()).await;
+    let waiting = s
+        .wait_ready("web", "False", "VerificationCodeMissing")
+        .await;
+    let key_id = waiting
+        .status
+        .clone()
+        .and_then(|st| st.key_id)
+        .expect("key id");
+    assert!(
+        s.sandbox.remove_key(&key_id).await,
+        "removed behind the operator's back"
+    );
+    s.submit_code(&waiting).await;
+    let recreated = s
+        .wait("web", "a new key", |a| {
+            a.status.as_ref().and_then(|st| st.create_attempts) == Some(2)
+                && a.status.as_ref().and_then(|st| st.key_id.as_deref()) != Some(key_id.as_str())
+        })
+        .await;
+    s.submit_code(&recreated).await;
+    s.wait_ready("web", "True", "Ready").await;
+    s.assert_no_orphans(&["web"]).await;
+}

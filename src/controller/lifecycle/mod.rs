@@ -51,8 +51,9 @@ use tokio::sync::OwnedMutexGuard;
 use tracing::{debug, info};
 
 use super::plan::{
-    self, Confirmation, Deletion, Lookup, Observation, Recovery, RestartDue, RotationAction,
-    RotationCause, SecretRepair, SteadyFacts, Step, VerificationStep, VerifyOutcome, parse_time,
+    self, AfterRefusedCode, Confirmation, Deletion, Lookup, Observation, Recovery, RestartDue,
+    RotationAction, RotationCause, SecretRepair, SteadyFacts, Step, VerificationStep,
+    VerifyOutcome, parse_time,
 };
 use super::secret::{self, Credentials, SecretContents, SecretView};
 use super::state::{Intent, KeyRecord, KeyState, Replacement, Verification, owned_key_ids};

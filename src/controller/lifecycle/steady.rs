@@ -41,11 +41,17 @@ impl Run<'_> {
         }
         let was_verified = key.verification.usable();
         let waiting = match self.verification(replacement.as_ref(), &view).await {
-            Err(Error::CredentialsLost { replacement: true }) => {
+            Err(
+                Error::CredentialsLost { replacement: true } | Error::KeyGone { replacement: true },
+            ) => {
                 if let Some(replacement) = &replacement {
                     self.abandon_replacement(replacement).await?;
                 }
                 return Ok(SOON);
+            }
+            Err(Error::KeyGone { replacement: false }) => {
+                let started = self.gone(&key, replacement.as_ref()).await?;
+                return Ok(started.unwrap_or(SOON));
             }
             Err(Error::CredentialsLost { replacement: false }) => {
                 let why = "the provider refuses the API secret in the Secret";

@@ -38,6 +38,15 @@ impl Run<'_> {
         Ok(waiting.filter(|_| !for_replacement))
     }
 
+    /// The key that waits for its code: the replacement's, or the serving one.
+    fn waiting_key_id(&self, for_replacement: bool) -> Option<String> {
+        if for_replacement {
+            self.status.pending_key.as_ref().map(|p| p.key_id.clone())
+        } else {
+            self.status.key_id.clone()
+        }
+    }
+
     pub(super) fn code_id(&self, for_replacement: bool) -> Option<String> {
         if for_replacement {
             self.status
@@ -173,11 +182,7 @@ impl Run<'_> {
         for_replacement: bool,
         creds: &Credentials,
     ) -> Error {
-        let key_id = if for_replacement {
-            self.status.pending_key.as_ref().map(|p| p.key_id.clone())
-        } else {
-            self.status.key_id.clone()
-        };
+        let key_id = self.waiting_key_id(for_replacement);
         let (Some(key_id), ProviderError::Unauthorized { .. }) = (key_id, &error) else {
             return error.into();
         };
@@ -214,14 +219,21 @@ impl Run<'_> {
         view: &SecretView,
     ) -> Result<Option<&'static str>, Error> {
         // An earlier submission may have verified the key and lost its answer (the code is
-        // then used up and refused): the session's list tells.
+        // then used up and refused), or the key may be gone: the session's list tells.
         let outcome = match outcome {
             VerifyOutcome::Verified => VerifyOutcome::Verified,
-            other if self.verified_meanwhile(for_replacement).await => {
-                debug!(?other, "the key was verified by an earlier submission");
-                VerifyOutcome::Verified
-            }
-            other => other,
+            other => match self.listed_after_refusal(for_replacement).await {
+                Some(AfterRefusedCode::Verified) => {
+                    debug!(?other, "the key was verified by an earlier submission");
+                    VerifyOutcome::Verified
+                }
+                Some(AfterRefusedCode::Missing) if matches!(other, VerifyOutcome::Rejected(_)) => {
+                    return Err(Error::KeyGone {
+                        replacement: for_replacement,
+                    });
+                }
+                _ => other,
+            },
         };
         match outcome {
             VerifyOutcome::Verified => {
@@ -248,19 +260,12 @@ impl Run<'_> {
         }
     }
 
-    /// Whether the provider's list shows the waiting key as verified already.
-    pub(super) async fn verified_meanwhile(&self, for_replacement: bool) -> bool {
-        let key_id = if for_replacement {
-            self.status.pending_key.as_ref().map(|p| p.key_id.clone())
-        } else {
-            self.status.key_id.clone()
-        };
-        let Ok(listed) = self.provider.list().await else {
-            return false;
-        };
-        listed
-            .iter()
-            .any(|k| Some(&k.key_id) == key_id.as_ref() && k.verified == Some(true))
+    /// What a complete list of the session's keys says of the key whose code was refused
+    /// (`None` when the list cannot be read).
+    async fn listed_after_refusal(&self, for_replacement: bool) -> Option<AfterRefusedCode> {
+        let key_id = self.waiting_key_id(for_replacement)?;
+        let listed = self.provider.list().await.ok()?;
+        Some(plan::after_refused_code(&key_id, &listed))
     }
 
     /// Swaps the verified replacement into the Secret's current slot (one apply), then
