@@ -11,7 +11,9 @@
 //!
 //! Knobs (environment): `BENCH_N` (default 1000), `BENCH_UNRELATED` (default 1000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_RESTART_SECS` (60), `BENCH_LATENCY_MS` (10),
-//! `BENCH_RATE` (R, default 20 requests/s), `BENCH_CLIENTS` (16).
+//! `BENCH_RATE` (R, default 20 requests/s), `BENCH_CLIENTS` (16); `KPO_WRAP` runs each
+//! operator through a wrapper, e.g. `KPO_WRAP="benches/heaptrack-exec /tmp/hp"` profiles
+//! its heap (see that script).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -30,7 +32,8 @@ use serde_json::json;
 
 use support::{
     KUBE, PROVIDER, Report, Setup, create_key_pairs, knob, kube_by_verb, percentile,
-    provider_setup, rss_mb, sandbox_calls, scrape, wait_all_ready, wait_ready_endpoint,
+    provider_setup, rss_anon_mb, rss_mb, sandbox_calls, scrape, wait_all_ready,
+    wait_ready_endpoint,
 };
 
 /// The apiserver's own create ceiling: `clients` writers creating ~1 KB ConfigMaps.
@@ -74,6 +77,7 @@ async fn creates(
     wait_ready_endpoint(&operator, Duration::from_secs(60)).await;
     if threatwinds {
         report.goal("RSS idle", rss_mb(&operator), "MB", "<=", 15.0);
+        report.add("RSS idle, anonymous part", rss_anon_mb(&operator), "MB");
     }
     let before = scrape(&operator).await;
     let started = Instant::now();
@@ -131,6 +135,11 @@ async fn creates(
         "MB",
         "<=",
         if n <= 1000 { 25.0 } else { 60.0 },
+    );
+    report.add(
+        format!("RSS at {n} {kind} keys, anonymous part"),
+        rss_anon_mb(&operator),
+        "MB",
     );
     (setup, operator)
 }

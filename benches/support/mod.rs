@@ -86,8 +86,11 @@ impl Report {
         op: &'static str,
         goal: f64,
     ) {
+        // Progress on stderr: a long run (BENCH_N=10000) shows each goal as it is measured.
+        let name = name.into();
+        eprintln!("  {name}: {value:.2} {unit} (goal {op} {goal:.2})");
         self.rows.push(Row {
-            name: name.into(),
+            name,
             value,
             unit,
             goal: Some((op, goal)),
@@ -166,6 +169,12 @@ pub fn proc_status(operator: &common::Operator, field: &str) -> f64 {
 
 pub fn rss_mb(operator: &common::Operator) -> f64 {
     proc_status(operator, "VmRSS") / 1024.0
+}
+
+/// The anonymous part of RSS (heap, stacks): what the operator's data costs. The rest of
+/// RSS is file-backed, mostly the binary's own code pages, and does not grow with keys.
+pub fn rss_anon_mb(operator: &common::Operator) -> f64 {
+    proc_status(operator, "RssAnon") / 1024.0
 }
 
 /// Open file descriptors of the operator (sockets included), NaN when it is gone.

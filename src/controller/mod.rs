@@ -26,7 +26,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -35,6 +34,7 @@ use tracing::{info, warn};
 use crate::conditions::reason;
 use crate::crd::{ApiKeyPair, ClusterKeyPairProvider, KeyPairProvider, ProviderRefKind};
 use crate::provider::ProviderError;
+use crate::telemetry::events::{Event, EventType, Recorder, Reporter};
 use crate::telemetry::{Health, Metrics};
 
 /// Finalizer that keeps an `ApiKeyPair` until its remote key is dealt with.

@@ -13,7 +13,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -34,6 +33,7 @@ use crate::provider::{
     HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RateLimiter, RemoteKeyPair,
     ThreatWindsClient, UpdateKeyPair,
 };
+use crate::telemetry::events::{Event, EventType, Recorder};
 use crate::telemetry::{Metrics, ProviderLabels};
 
 /// What both provider kinds have in common for the controllers.

@@ -44,15 +44,28 @@ where
     scoped_with(scope, store, move |namespace| {
         watcher::watcher(api(&client, namespace), config.clone())
             .default_backoff()
-            .map(|event| event.map(|e| e.map_objects(without_managed_fields)))
+            .map(|event| event.map(|e| e.map_objects(slimmed)))
             .boxed()
     })
 }
 
-/// Nothing here reads `managedFields`, and at scale they are a large part of each cached
-/// object.
-fn without_managed_fields<K: Resource>(mut object: K) -> K {
-    object.meta_mut().managed_fields = None;
+/// Written by `kubectl apply` (client-side): a copy of the whole object as last applied.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The object as it is cached, without what nothing here reads and what at scale is a
+/// large part of each cached object: `managedFields`, and the `kubectl apply` copy of the
+/// object (as large as the spec again). The operator's own Secrets are written by
+/// server-side apply and never carry that annotation; an `ApiKeyPair`'s annotations are
+/// read only for the operator's own `keypairs.dev/*` requests.
+pub fn slimmed<K: Resource>(mut object: K) -> K {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
     object
 }
 
@@ -295,6 +308,30 @@ mod tests {
         assert_eq!(names(&h.store), ["a/four", "a/two", "b/three"]);
         h.push(1, Event::Delete(config_map("b", "three")));
         assert_eq!(names(&h.store), ["a/four", "a/two"]);
+    }
+
+    #[test]
+    fn cached_objects_keep_their_annotations_but_not_the_kubectl_copy_or_managed_fields() {
+        let mut object = config_map("a", "one");
+        object.metadata.managed_fields = Some(vec![Default::default()]);
+        object.metadata.annotations = Some(
+            [
+                (LAST_APPLIED_ANNOTATION.to_owned(), "{}".repeat(500)),
+                ("keypairs.dev/rotate".to_owned(), "1".to_owned()),
+            ]
+            .into(),
+        );
+        let slim = slimmed(object);
+        assert!(slim.metadata.managed_fields.is_none());
+        let annotations = slim.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["keypairs.dev/rotate"]
+        );
+        let mut only_kubectl = config_map("a", "two");
+        only_kubectl.metadata.annotations =
+            Some([(LAST_APPLIED_ANNOTATION.to_owned(), "{}".to_owned())].into());
+        assert!(slimmed(only_kubectl).metadata.annotations.is_none());
     }
 
     #[test]

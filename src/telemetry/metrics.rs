@@ -10,11 +10,11 @@
 //! tests check that.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -79,6 +79,18 @@ pub struct KeyPairLabels {
     pub provider_name: String,
 }
 
+/// One `ApiKeyPair`'s labels, shared by its five gauges and [`Metrics`]'s index of key
+/// pairs: one copy of the strings per key pair instead of six, and a pointer instead of
+/// four strings in each family's map (at 10 000 keys that is ~10 MB less).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct SharedKeyPairLabels(Arc<KeyPairLabels>);
+
+impl EncodeLabelSet for SharedKeyPairLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+}
+
 /// Labels of the per-provider gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
@@ -101,17 +113,17 @@ pub struct Metrics {
     reconcile_duration: Family<ControllerLabels, Histogram>,
     provider_requests: Family<ProviderCallLabels, Counter>,
     provider_request_duration: Family<ProviderLatencyLabels, Histogram>,
-    expiration: IntGauges<KeyPairLabels>,
-    renewal: IntGauges<KeyPairLabels>,
-    renewal_overdue: IntGauges<KeyPairLabels>,
-    awaiting_verification: IntGauges<KeyPairLabels>,
-    ready: IntGauges<KeyPairLabels>,
+    expiration: IntGauges<SharedKeyPairLabels>,
+    renewal: IntGauges<SharedKeyPairLabels>,
+    renewal_overdue: IntGauges<SharedKeyPairLabels>,
+    awaiting_verification: IntGauges<SharedKeyPairLabels>,
+    ready: IntGauges<SharedKeyPairLabels>,
     provider_ready: IntGauges<ProviderLabels>,
     session_expiration: IntGauges<ProviderLabels>,
     leader: Gauge<i64, AtomicI64>,
     kube_requests: Family<KubeRequestLabels, Counter>,
     /// The labels each `ApiKeyPair` (namespace, name) was last exported with.
-    key_pairs: Mutex<HashMap<(String, String), KeyPairLabels>>,
+    key_pairs: Mutex<HashMap<(String, String), SharedKeyPairLabels>>,
     /// The labels each provider (kind, namespace, name) was last exported with.
     providers: Mutex<HashMap<(String, String, String), ProviderLabels>>,
 }
@@ -172,7 +184,7 @@ impl Metrics {
             provider_request_duration.clone(),
         );
         let mut gauge = |name: &str, help: &str| {
-            let family = IntGauges::<KeyPairLabels>::default();
+            let family = IntGauges::<SharedKeyPairLabels>::default();
             registry.register(name, help, family.clone());
             family
         };
@@ -283,12 +295,23 @@ impl Metrics {
     /// Sets the gauges of one `ApiKeyPair` (replacing its series if its labels changed).
     pub fn key_pair(&self, labels: KeyPairLabels, figures: KeyPairFigures) {
         let id = (labels.namespace.clone(), labels.name.clone());
-        if let Ok(mut known) = self.key_pairs.lock()
-            && let Some(previous) = known.insert(id, labels.clone())
-            && previous != labels
-        {
-            self.remove_key_pair(&previous);
-        }
+        let mut known = self.key_pairs.lock().ok();
+        let previous = known.as_mut().and_then(|known| known.get(&id).cloned());
+        let labels = match previous {
+            // The usual case: the same labels as last time, shared again.
+            Some(previous) if *previous.0 == labels => previous,
+            previous => {
+                if let Some(previous) = previous {
+                    self.remove_key_pair(&previous);
+                }
+                let shared = SharedKeyPairLabels(Arc::new(labels));
+                if let Some(known) = known.as_mut() {
+                    known.insert(id, shared.clone());
+                }
+                shared
+            }
+        };
+        drop(known);
         set(&self.expiration, &labels, figures.expires_at);
         set(&self.renewal, &labels, figures.renews_at);
         set(
@@ -305,7 +328,7 @@ impl Metrics {
     }
 
     /// Every per-`ApiKeyPair` gauge family.
-    fn key_pair_families(&self) -> [&IntGauges<KeyPairLabels>; 5] {
+    fn key_pair_families(&self) -> [&IntGauges<SharedKeyPairLabels>; 5] {
         [
             &self.expiration,
             &self.renewal,
@@ -315,7 +338,7 @@ impl Metrics {
         ]
     }
 
-    fn remove_key_pair(&self, labels: &KeyPairLabels) {
+    fn remove_key_pair(&self, labels: &SharedKeyPairLabels) {
         for family in self.key_pair_families() {
             family.remove(labels);
         }
@@ -482,6 +505,21 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("name=\"web\""), "{text}");
         assert!(!text.contains("provider_name=\"tw\""), "{text}");
+    }
+
+    #[test]
+    fn a_key_pairs_gauges_share_one_copy_of_its_labels() {
+        let m = Metrics::new();
+        m.key_pair(web("p"), FIGURES);
+        m.key_pair(web("p"), FIGURES);
+        let shared = m
+            .key_pairs
+            .lock()
+            .ok()
+            .and_then(|known| known.values().next().cloned())
+            .map(|labels| labels.0);
+        // The index, the five gauges, and this handle.
+        assert_eq!(shared.map(|labels| Arc::strong_count(&labels)), Some(7));
     }
 
     #[test]

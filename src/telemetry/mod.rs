@@ -1,7 +1,9 @@
 //! Telemetry: logging set-up (text or JSON lines on stderr, filtered by a level or an
-//! `EnvFilter` directive; `RUST_LOG` wins when set), Prometheus [`metrics`], and the
-//! [`http`] endpoint that serves them with the health probes.
+//! `EnvFilter` directive; `RUST_LOG` wins when set), Prometheus [`metrics`], the
+//! [`http`] endpoint that serves them with the health probes, and the Kubernetes
+//! [`events`] recorder.
 
+pub mod events;
 pub mod http;
 pub mod kube_requests;
 pub mod metrics;

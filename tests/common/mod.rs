@@ -362,7 +362,21 @@ impl Operator {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keypair-operator"));
+        let binary = env!("CARGO_BIN_EXE_keypair-operator");
+        // `KPO_WRAP="benches/heaptrack-exec /tmp/hp"`: a command (split at whitespace)
+        // that runs the operator binary and the arguments after it, e.g. a profiler. It
+        // should `exec` the binary, so that `pid()` (RSS in the bench, kill -9) is the
+        // operator's.
+        let wrap = std::env::var("KPO_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut command = match wrap.next() {
+            Some(wrapper) => {
+                let mut command = tokio::process::Command::new(wrapper);
+                command.args(wrap).arg(binary);
+                command
+            }
+            None => tokio::process::Command::new(binary),
+        };
         command
             .arg("run")
             .arg("--kubeconfig")
