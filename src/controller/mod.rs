@@ -581,12 +581,17 @@ fn key_pair_controller(shared: &Shared, providers: ProviderTriggers) -> (Task, V
         .graceful_shutdown_on(shared.shutdown.clone())
         .run(key_pair::reconcile, error_policy, Arc::new(ctx))
         .for_each(|result| async move {
-            use kube::runtime::controller::Error::ObjectNotFound;
+            use kube::runtime::controller::Error::{ObjectNotFound, ReconcilerFailed};
             match result {
                 Ok((object, _)) => tracing::debug!(%object, "reconciled"),
                 // A Secret or provider change about a resource this replica does not
                 // handle (another shard's, or deleted meanwhile).
                 Err(error @ ObjectNotFound(_)) => tracing::debug!(%error, "skipped"),
+                // A fenced write refused on a stale cache: not a failure, the next
+                // reconcile works from the new version (see `error_policy`).
+                Err(ReconcilerFailed(error, object)) if error.is_stale() => {
+                    tracing::debug!(%error, %object, "reconcile retried on a newer version");
+                }
                 Err(error) => warn!(%error, "reconcile failed"),
             }
         });
