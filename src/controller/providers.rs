@@ -950,21 +950,13 @@ async fn reconcile_provider<P: ProviderResource>(
     {
         // A blip does not unmake valid credentials; flipping Ready would also wake every
         // key pair that uses this provider, twice.
-        let event = Event {
-            type_: EventType::Warning,
-            reason: ready.reason.to_owned(),
-            note: Some(format!(
-                "{} (Ready stands; checked again soon)",
-                ready.message
-            )),
-            action: "CheckCredentials".to_owned(),
-            secondary: None,
-        };
-        super::publish_event(
-            &ctx.recorder,
-            &ctx.client,
-            &event,
-            &provider.object_ref(&()),
+        let note = format!("{} (Ready stands; checked again soon)", ready.message);
+        credentials_event(
+            &ctx,
+            provider.as_ref(),
+            EventType::Warning,
+            ready.reason,
+            note,
         )
         .await;
         return Ok(Action::requeue(next));
@@ -1000,22 +992,39 @@ async fn reconcile_provider<P: ProviderResource>(
         )
         .await?;
         if was_ready != now_ready {
-            let event = Event {
-                type_: if now_ready {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason: reason.to_owned(),
-                note: Some(note),
-                action: "CheckCredentials".to_owned(),
-                secondary: None,
+            let type_ = if now_ready {
+                EventType::Normal
+            } else {
+                EventType::Warning
             };
-            let reference = provider.object_ref(&());
-            super::publish_event(&ctx.recorder, &ctx.client, &event, &reference).await;
+            credentials_event(&ctx, provider.as_ref(), type_, reason, note).await;
         }
     }
     Ok(Action::requeue(next))
+}
+
+/// Publishes an event about a provider's credential check.
+async fn credentials_event<P: ProviderResource>(
+    ctx: &ProviderContext,
+    provider: &P,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "CheckCredentials".to_owned(),
+        secondary: None,
+    };
+    super::publish_event(
+        &ctx.recorder,
+        &ctx.client,
+        &event,
+        &provider.object_ref(&()),
+    )
+    .await;
 }
 
 fn provider_error_policy<P>(_: Arc<P>, _: &Error, _: Arc<ProviderContext>) -> Action {
