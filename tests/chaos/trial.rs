@@ -331,12 +331,27 @@ impl World {
             Sabotage::StripFinalizer(k) => {
                 let what = format!("{} has a key", name(k));
                 common::wait_for(&what, Duration::from_secs(60), || self.key_id(k)).await;
+                // A running operator would put its finalizer back between the strip and the
+                // delete, and then clean up properly: the orphan is made while it is down.
+                for replica in &mut self.replicas {
+                    replica.operator.stop().await;
+                }
                 let api: Api<ApiKeyPair> = Api::namespaced(self.client.clone(), &self.ns);
                 let patch = json!({"metadata": {"finalizers": null}});
-                let _ = api
-                    .patch(&name(k), &PatchParams::default(), &Patch::Merge(&patch))
-                    .await;
-                let _ = api.delete(&name(k), &DeleteParams::default()).await;
+                api.patch(&name(k), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("strip the finalizer");
+                api.delete(&name(k), &DeleteParams::default())
+                    .await
+                    .expect("delete the resource");
+                let gone = format!("{} is gone", name(k));
+                common::wait_for(&gone, Duration::from_secs(30), || async {
+                    (!self.key_pair_exists(k).await).then_some(())
+                })
+                .await;
+                for replica in &mut self.replicas {
+                    replica.operator.restart_with(&[]).await;
+                }
             }
             Sabotage::LeakToEvent => {
                 let secret = self
