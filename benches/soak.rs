@@ -579,6 +579,15 @@ async fn main() {
             "/min",
         );
     }
+    let provider = |m: &Metrics| common::by_labels(m, PROVIDER, &["operation", "status"]);
+    let by_outcome = common::grown(&provider(&warm), &provider(&last_metrics));
+    for (call, count) in by_outcome {
+        report.add(
+            format!("after warm-up: provider {call}"),
+            count / warm_minutes,
+            "/min",
+        );
+    }
 
     report.add("keys Ready at the last sample", ready_at_end as f64, "keys");
     report.add(

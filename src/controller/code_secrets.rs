@@ -1,10 +1,11 @@
 //! Verification-code Secrets without polling: one metadata-only watch of the Secrets the
 //! operator does not own (name and `resourceVersion` kept, nothing else, so unrelated
 //! Secrets cost little memory) wakes the `ApiKeyPair`s that reference a Secret when it
-//! changes, and a cache of the codes read means a key pair awaiting its code reads the
-//! Secret from the API server only when its version moved.
+//! changes (found through an index of who reads which Secret, not a scan), and a cache of
+//! the codes read means a key pair awaiting its code reads the Secret from the API server
+//! only when its version moved.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use futures::{Stream, StreamExt};
@@ -126,29 +127,160 @@ pub fn watch(
         .boxed()
 }
 
-/// The `ApiKeyPair`s in `store` whose verification code lives in Secret `secret`.
-pub fn key_pairs_reading(
-    store: &Store<ApiKeyPair>,
-    secret: &SecretVersion,
-) -> Vec<ObjectRef<ApiKeyPair>> {
-    let (namespace, name) = (secret.namespace(), secret.name_any());
-    store
-        .state()
-        .into_iter()
-        .filter(|akp| akp.namespace() == namespace)
-        .filter(|akp| {
-            akp.spec
-                .verification
-                .as_ref()
-                .is_some_and(|v| v.code_secret_ref.name == name)
-        })
-        .map(|akp| ObjectRef::from_obj(akp.as_ref()))
-        .collect()
+/// A Secret by namespace and name.
+type SecretName = (String, String);
+
+/// Which `ApiKeyPair`s read their verification code from which Secret, kept up to date from
+/// the `ApiKeyPair` watch, so that a change to any Secret finds its readers without a scan
+/// of every key pair.
+#[derive(Default)]
+pub struct CodeReaders {
+    inner: Mutex<Readers>,
+}
+
+#[derive(Default)]
+struct Readers {
+    by_secret: HashMap<SecretName, HashSet<ObjectRef<ApiKeyPair>>>,
+    by_key_pair: HashMap<ObjectRef<ApiKeyPair>, SecretName>,
+    /// The key pairs seen since a relist began; the others are dropped when it ends.
+    relisted: Option<HashSet<ObjectRef<ApiKeyPair>>>,
+}
+
+impl Readers {
+    fn set(&mut self, akp: &ApiKeyPair) {
+        let object = ObjectRef::from_obj(akp);
+        self.remove(&object);
+        let code_secret = akp.spec.verification.as_ref().map(|v| {
+            let namespace = akp.namespace().unwrap_or_default();
+            (namespace, v.code_secret_ref.name.clone())
+        });
+        if let Some(code_secret) = code_secret {
+            let readers = self.by_secret.entry(code_secret.clone()).or_default();
+            readers.insert(object.clone());
+            self.by_key_pair.insert(object, code_secret);
+        }
+    }
+
+    fn remove(&mut self, object: &ObjectRef<ApiKeyPair>) {
+        let Some(code_secret) = self.by_key_pair.remove(object) else {
+            return;
+        };
+        if let Some(readers) = self.by_secret.get_mut(&code_secret) {
+            readers.remove(object);
+            if readers.is_empty() {
+                self.by_secret.remove(&code_secret);
+            }
+        }
+    }
+}
+
+impl CodeReaders {
+    /// Follows one event of the `ApiKeyPair` watch.
+    pub fn observe(&self, event: &watcher::Event<ApiKeyPair>) {
+        let Ok(mut readers) = self.inner.lock() else {
+            return;
+        };
+        match event {
+            watcher::Event::Apply(akp) => readers.set(akp),
+            watcher::Event::Delete(akp) => readers.remove(&ObjectRef::from_obj(akp)),
+            watcher::Event::Init => readers.relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(akp) => {
+                readers.set(akp);
+                if let Some(seen) = readers.relisted.as_mut() {
+                    seen.insert(ObjectRef::from_obj(akp));
+                }
+            }
+            watcher::Event::InitDone => {
+                let seen = readers.relisted.take().unwrap_or_default();
+                let gone: Vec<_> = readers
+                    .by_key_pair
+                    .keys()
+                    .filter(|object| !seen.contains(*object))
+                    .cloned()
+                    .collect();
+                for object in gone {
+                    readers.remove(&object);
+                }
+            }
+        }
+    }
+
+    /// The `ApiKeyPair`s whose verification code lives in Secret `secret`.
+    pub fn of(&self, secret: &SecretVersion) -> Vec<ObjectRef<ApiKeyPair>> {
+        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|readers| readers.by_secret.get(&key).cloned())
+            .map(|readers| readers.into_iter().collect())
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key_pair(name: &str, code_secret: Option<&str>) -> ApiKeyPair {
+        let mut spec = serde_json::json!({"providerRef": {"name": "p"}, "validityDays": 30});
+        if let Some(secret) = code_secret {
+            spec["verification"] =
+                serde_json::json!({"codeSecretRef": {"name": secret, "key": "code"}});
+        }
+        let mut akp = ApiKeyPair::new(name, serde_json::from_value(spec).expect("spec"));
+        akp.metadata.namespace = Some("team".into());
+        akp
+    }
+
+    fn secret(namespace: &str, name: &str) -> SecretVersion {
+        let mut meta: SecretVersion = PartialObjectMeta::default();
+        meta.metadata.name = Some(name.into());
+        meta.metadata.namespace = Some(namespace.into());
+        meta
+    }
+
+    fn readers_of(index: &CodeReaders, namespace: &str, name: &str) -> Vec<String> {
+        let mut names: Vec<String> = index
+            .of(&secret(namespace, name))
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_reader_index_follows_edits_deletes_and_relists() {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let index = CodeReaders::default();
+        index.observe(&Apply(key_pair("a", Some("codes"))));
+        index.observe(&Apply(key_pair("b", Some("codes"))));
+        index.observe(&Apply(key_pair("c", None)));
+        assert_eq!(readers_of(&index, "team", "codes"), ["a", "b"]);
+        assert!(
+            readers_of(&index, "other", "codes").is_empty(),
+            "same name, other namespace"
+        );
+
+        index.observe(&Apply(key_pair("b", Some("other-codes"))));
+        assert_eq!(readers_of(&index, "team", "codes"), ["a"]);
+        assert_eq!(readers_of(&index, "team", "other-codes"), ["b"]);
+
+        index.observe(&Delete(key_pair("a", Some("codes"))));
+        assert!(readers_of(&index, "team", "codes").is_empty());
+
+        // A relist that no longer shows b (deleted while the watch was down) drops it.
+        index.observe(&Init);
+        index.observe(&InitApply(key_pair("d", Some("codes"))));
+        assert_eq!(
+            readers_of(&index, "team", "other-codes"),
+            ["b"],
+            "kept until the relist ends"
+        );
+        index.observe(&InitDone);
+        assert_eq!(readers_of(&index, "team", "codes"), ["d"]);
+        assert!(readers_of(&index, "team", "other-codes").is_empty());
+    }
 
     #[test]
     fn the_index_keeps_only_name_namespace_and_version() {

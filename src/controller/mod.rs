@@ -535,8 +535,15 @@ fn key_pair_controller(shared: &Shared, providers: ProviderTriggers) -> (Task, V
     // Only changes a user makes trigger a reconcile, never the operator's own status writes:
     // otherwise every write of a failing reconcile would start the next one at once and the
     // back-off would never apply.
+    let code_readers = Arc::new(code_secrets::CodeReaders::default());
+    let index = code_readers.clone();
     let key_pair_stream = watch::scoped(client, scope, &key_pairs, key_pair_store.clone())
         .reflect(key_pair_writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index.observe(event);
+            }
+        })
         .applied_objects()
         .predicate_filter(user_changes, Default::default());
     let (code_store, code_writer) = reflector::store();
@@ -557,19 +564,13 @@ fn key_pair_controller(shared: &Shared, providers: ProviderTriggers) -> (Task, V
     )
     .with_scope(scope.clone())
     .with_code_secrets(code_secrets::CodeSecrets::new(code_store));
-    let (namespaced, cluster, codes) = (
-        key_pair_store.clone(),
-        key_pair_store.clone(),
-        key_pair_store.clone(),
-    );
+    let (namespaced, cluster) = (key_pair_store.clone(), key_pair_store.clone());
     let config =
         kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
     let controller = Controller::for_stream(key_pair_stream, key_pair_store)
         .with_config(config)
         .owns_stream(secret_stream)
-        .watches_stream(code_stream, move |s| {
-            code_secrets::key_pairs_reading(&codes, &s)
-        })
+        .watches_stream(code_stream, move |s| code_readers.of(&s))
         .watches_shared_stream(providers.namespaced, move |p: Arc<KeyPairProvider>| {
             let kind = ProviderRefKind::KeyPairProvider;
             key_pairs_using(&namespaced, kind, &p.name_any(), p.namespace())

@@ -662,6 +662,15 @@ pub const KUBE_REQUESTS: &str = "keypair_operator_kube_requests_total";
 pub fn kube_requests(
     metrics: &std::collections::BTreeMap<String, f64>,
 ) -> std::collections::BTreeMap<String, f64> {
+    by_labels(metrics, KUBE_REQUESTS, &["verb", "resource"])
+}
+
+/// The series of the counter `metric`, summed by the values of `labels` (joined by spaces).
+pub fn by_labels(
+    metrics: &std::collections::BTreeMap<String, f64>,
+    metric: &str,
+    labels: &[&str],
+) -> std::collections::BTreeMap<String, f64> {
     let label = |series: &str, name: &str| {
         series
             .split(&format!("{name}=\""))
@@ -670,11 +679,14 @@ pub fn kube_requests(
             .unwrap_or("?")
             .to_owned()
     };
-    metrics
-        .iter()
-        .filter(|(series, _)| series.split('{').next() == Some(KUBE_REQUESTS))
-        .map(|(s, v)| (format!("{} {}", label(s, "verb"), label(s, "resource")), *v))
-        .collect()
+    let mut grouped = std::collections::BTreeMap::new();
+    for (series, value) in metrics {
+        if series.split('{').next() == Some(metric) {
+            let key: Vec<String> = labels.iter().map(|l| label(series, l)).collect();
+            *grouped.entry(key.join(" ")).or_insert(0.0) += value;
+        }
+    }
+    grouped
 }
 
 /// The operator's Kubernetes writes (create, patch, update, delete).
