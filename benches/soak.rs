@@ -424,6 +424,19 @@ async fn main() {
     let converge_timeout = Duration::from_secs(180 + k.n as u64 / 2);
     let ready = converge(&client, &tw, &namespaces, applied, converge_timeout).await;
     report.add("keys created", applied as f64, "keys");
+    // Every ClusterKeyPairProvider in the cluster is checked by this operator too: ones a
+    // crashed test left behind, with their sandboxes gone, add failed provider calls and
+    // credential Secret reads to the figures below.
+    let strangers: Api<keypair_operator::crd::ClusterKeyPairProvider> = Api::all(client.clone());
+    let strangers = strangers
+        .list(&ListParams::default())
+        .await
+        .map_or(0, |l| l.items.len());
+    report.add(
+        "ClusterKeyPairProviders in the cluster (not the soak's)",
+        strangers as f64,
+        "",
+    );
     report.goal(
         "keys Ready before the soak",
         ready as f64,

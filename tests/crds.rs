@@ -123,6 +123,7 @@ async fn api_server_accepts_valid_objects_and_applies_defaults() {
         json!("https://intelligence.threatwinds.com")
     );
     assert_eq!(tw.data["spec"]["rateLimit"]["burst"], json!(1));
+    common::delete_cluster_provider(&client, &format!("{ns}-c")).await;
 }
 
 #[tokio::test]

@@ -521,6 +521,7 @@ async fn a_threatwinds_key_left_by_a_crash_is_found_and_deleted_after_confirmati
         format!("ClusterKeyPairProvider {cluster_provider}")
     );
     runs.push(cluster);
+    common::delete_cluster_provider(&s.client, &cluster_provider).await;
 
     let mut secrets = vec![SESSION_TOKEN.to_owned(), orphan.secret.clone()];
     secrets.extend(s.sandbox.keys().await.into_iter().map(|k| k.secret));

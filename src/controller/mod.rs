@@ -164,7 +164,7 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        publish_event(&self.recorder, &self.client, &event, &akp.object_ref(&())).await;
+        publish_event(&self.recorder, &event, &akp.object_ref(&())).await;
     }
 
     /// Whether the key pair with `uid` is due for its periodic provider check: a check
@@ -239,72 +239,15 @@ struct LastCheck {
     credentials: Option<u64>,
 }
 
-/// Longest object name kube's recorder can name an event after: it names events
-/// `<object>.<up to 16 hex digits>`, and an event name may have 253 characters.
-const RECORDER_NAME_MAX: usize = 253 - 17;
-
-/// Publishes `event` about `reference`; failures are logged, never fatal. Events about an
-/// object whose name is too long for kube's recorder ([`RECORDER_NAME_MAX`]; object names
-/// may have 253 characters) are created here, under a generated name.
+/// Publishes `event` about `reference`; failures are logged, never fatal.
 pub(crate) async fn publish_event(
     recorder: &Recorder,
-    client: &Client,
     event: &Event,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
 ) {
-    let name = reference.name.as_deref().unwrap_or_default();
-    let result = if name.len() > RECORDER_NAME_MAX {
-        create_event(client, event, reference, name).await
-    } else {
-        recorder.publish(event, reference).await
-    };
-    if let Err(error) = result {
+    if let Err(error) = recorder.publish(event, reference).await {
         warn!(%error, "cannot publish event");
     }
-}
-
-/// Creates an events.k8s.io/v1 event about `reference` named after the start of `name`.
-async fn create_event(
-    client: &Client,
-    event: &Event,
-    reference: &k8s_openapi::api::core::v1::ObjectReference,
-    name: &str,
-) -> Result<(), kube::Error> {
-    use k8s_openapi::api::events::v1::Event as KubeEvent;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-    let head: String = name.chars().take(200).collect();
-    let head = head.trim_end_matches(['-', '.']);
-    let namespace = reference
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned());
-    let object = KubeEvent {
-        action: Some(event.action.clone()),
-        reason: Some(event.reason.clone()),
-        note: event.note.clone(),
-        event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        regarding: Some(reference.clone()),
-        related: event.secondary.clone(),
-        reporting_controller: Some(MANAGER.to_owned()),
-        reporting_instance: Some(MANAGER.to_owned()),
-        type_: Some(
-            match event.type_ {
-                EventType::Normal => "Normal",
-                EventType::Warning => "Warning",
-            }
-            .to_owned(),
-        ),
-        metadata: kube::api::ObjectMeta {
-            generate_name: Some(format!("{head}-")),
-            namespace: Some(namespace.clone()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    kube::Api::<KubeEvent>::namespaced(client.clone(), &namespace)
-        .create(&Default::default(), &object)
-        .await
-        .map(|_| ())
 }
 
 /// Everything a reconcile can fail with, each with a condition reason.

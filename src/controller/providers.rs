@@ -1018,13 +1018,7 @@ async fn credentials_event<P: ProviderResource>(
         action: "CheckCredentials".to_owned(),
         secondary: None,
     };
-    super::publish_event(
-        &ctx.recorder,
-        &ctx.client,
-        &event,
-        &provider.object_ref(&()),
-    )
-    .await;
+    super::publish_event(&ctx.recorder, &event, &provider.object_ref(&())).await;
 }
 
 fn provider_error_policy<P>(_: Arc<P>, _: &Error, _: Arc<ProviderContext>) -> Action {

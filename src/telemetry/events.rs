@@ -10,6 +10,10 @@
 //! recorder publishes the same objects and patches, and caches per event only its key (one
 //! string) and what a repeat needs: the event's name, the series count and when it was last
 //! seen (~0.3 KB).
+//!
+//! Two things differ from kube's recorder, both so that every event is accepted: an event
+//! about a cluster-scoped object goes to `kube-system` (see [`CLUSTER_EVENTS_NAMESPACE`]),
+//! and an event's name is cut to fit however long the object's name is.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +31,32 @@ pub use kube::runtime::events::{Event, EventType, Reporter};
 
 /// How long a published event can still become a series (as in kube-runtime).
 const CACHE_TTL: SignedDuration = SignedDuration::from_mins(6);
+
+/// Where events about cluster-scoped objects (ClusterKeyPairProviders) go. Their
+/// `regarding.namespace` is empty, and `events.k8s.io/v1` accepts that only in
+/// `kube-system` before Kubernetes 1.23 (1.22.3, 1.21.6, 1.20.12), and in `kube-system` or
+/// `default` since; kube's recorder uses `default`, which older servers refuse.
+pub const CLUSTER_EVENTS_NAMESPACE: &str = "kube-system";
+
+/// The longest object name an event name starts with: object names may have 253
+/// characters, and the event name adds `.` and up to 16 hex digits.
+const NAME_HEAD_MAX: usize = 253 - 17;
+
+/// The namespace an event about `reference` is created in.
+fn event_namespace(reference: &ObjectReference) -> &str {
+    reference
+        .namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(CLUSTER_EVENTS_NAMESPACE)
+}
+
+/// An event's name: the object's name (cut to fit) and the time, as kube names events.
+fn event_name(object: &str, now: Timestamp) -> String {
+    let head: String = object.chars().take(NAME_HEAD_MAX).collect();
+    let head = head.trim_end_matches(['-', '.']);
+    format!("{head}.{:x}", now.as_nanosecond())
+}
 
 /// What a repeat of a cached event needs.
 #[derive(Clone, Debug)]
@@ -75,8 +105,8 @@ impl Recorder {
             forget_expired(&mut cache, now);
             cache.get(&key).cloned()
         });
-        let namespace = reference.namespace.as_deref().unwrap_or("default");
-        let events: Api<KubeEvent> = Api::namespaced(self.client.clone(), namespace);
+        let events: Api<KubeEvent> =
+            Api::namespaced(self.client.clone(), event_namespace(reference));
         let published = match repeat {
             Some(first) => {
                 let count = first.count.saturating_add(1);
@@ -122,11 +152,10 @@ impl Recorder {
             regarding: Some(reference.clone()),
             note: event.note.clone(),
             metadata: ObjectMeta {
-                namespace: reference.namespace.clone(),
-                name: Some(format!(
-                    "{}.{:x}",
+                namespace: Some(event_namespace(reference).to_owned()),
+                name: Some(event_name(
                     reference.name.as_ref().unwrap_or(controller),
-                    now.as_nanosecond()
+                    now,
                 )),
                 ..ObjectMeta::default()
             },
@@ -260,6 +289,27 @@ mod tests {
             a, c,
             "no instance and an empty one differ, as in kube's key"
         );
+    }
+
+    #[test]
+    fn events_about_cluster_scoped_objects_go_to_kube_system_and_long_names_are_cut() {
+        let mut cluster_scoped = reference("shared", "u1");
+        cluster_scoped.namespace = None;
+        assert_eq!(event_namespace(&cluster_scoped), "kube-system");
+        cluster_scoped.namespace = Some(String::new());
+        assert_eq!(event_namespace(&cluster_scoped), "kube-system");
+        assert_eq!(event_namespace(&reference("k", "u1")), "team");
+
+        let now = Timestamp::now();
+        let long = format!("{}-x", "a".repeat(NAME_HEAD_MAX - 1));
+        let name = event_name(&long, now);
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(name.starts_with(&"a".repeat(NAME_HEAD_MAX - 1)));
+        assert!(
+            !name.contains("-."),
+            "no dangling dash before the dot: {name}"
+        );
+        assert_eq!(event_name("k", now), format!("k.{:x}", now.as_nanosecond()));
     }
 
     #[test]

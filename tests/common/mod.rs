@@ -496,6 +496,16 @@ pub async fn put_secret(client: &Client, ns: &str, name: &str, data: &[(&str, &s
         .unwrap_or_else(|e| panic!("apply secret {name}: {e}"));
 }
 
+/// Deletes a ClusterKeyPairProvider a test made. Cluster-scoped objects outlive the test's
+/// namespace, and one whose sandbox is gone would be retried (and counted) by every later
+/// operator run against the shared control plane, the soak and the benchmark included.
+pub async fn delete_cluster_provider(client: &Client, name: &str) {
+    let api: Api<keypair_operator::crd::ClusterKeyPairProvider> = Api::all(client.clone());
+    api.delete(name, &Default::default())
+        .await
+        .expect("delete the ClusterKeyPairProvider");
+}
+
 /// Applies any object given as JSON by server-side apply (namespaced when `ns` is given).
 pub async fn apply_json<K>(client: &Client, ns: Option<&str>, object: serde_json::Value) -> K
 where

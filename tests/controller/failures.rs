@@ -81,6 +81,18 @@ async fn a_cluster_provider_serves_only_allowed_namespaces() {
     s.wait_ready("web", "False", "AwaitingVerificationCode")
         .await;
     assert_eq!(s.sandbox.keys().await.len(), 1);
+    // Events about the cluster-scoped provider are accepted: they go to kube-system (a
+    // 1.20 API server refuses them in `default`).
+    let what = "an event about the ClusterKeyPairProvider";
+    common::wait_for(what, Duration::from_secs(30), || async {
+        let events = common::events_for(&s.client, "kube-system", &name).await;
+        events
+            .iter()
+            .any(|(reason, _)| reason == "CredentialsValid")
+            .then_some(())
+    })
+    .await;
+    common::delete_cluster_provider(&s.client, &name).await;
 }
 
 #[tokio::test]
