@@ -11,7 +11,8 @@
 //!
 //! Knobs (environment): `BENCH_N` (default 1000), `BENCH_UNRELATED` (default 1000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_RESTART_SECS` (60), `BENCH_LATENCY_MS` (10),
-//! `BENCH_RATE` (R, default 20 requests/s), `BENCH_CLIENTS` (16); `KPO_WRAP` runs each
+//! `BENCH_RATE` (R, default 20 requests/s), `BENCH_CLIENTS` (16), `BENCH_CONCURRENCY`
+//! (the operator's `--concurrency` for the bursts, 32); `KPO_WRAP` runs each
 //! operator through a wrapper, e.g. `KPO_WRAP="benches/heaptrack-exec /tmp/hp"` profiles
 //! its heap (see that script).
 
@@ -73,7 +74,8 @@ async fn creates(
         "datonis"
     };
     let setup = provider_setup(client, "bench", threatwinds, knob("BENCH_LATENCY_MS", 10)).await;
-    let operator = common::Operator::start(&setup.ns, &["--concurrency", "32"], &[]).await;
+    let concurrency = knob("BENCH_CONCURRENCY", 32).to_string();
+    let operator = common::Operator::start(&setup.ns, &["--concurrency", &concurrency], &[]).await;
     wait_ready_endpoint(&operator, Duration::from_secs(60)).await;
     if threatwinds {
         report.goal("RSS idle", rss_mb(&operator), "MB", "<=", 15.0);

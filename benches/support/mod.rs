@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use keypair_operator::crd::ApiKeyPair;
 use keypair_operator::sandbox::SandboxConfig;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -377,7 +377,9 @@ pub fn sandbox_answers(stats: &serde_json::Value, status: impl Fn(&str) -> bool)
 
 /// Deletes a namespace the bench made once no operator runs: the `ApiKeyPair`s' finalizers
 /// are dropped first (nothing would remove them), so the namespace does not stay
-/// Terminating.
+/// Terminating. Its `ApiKeyPair`s and Secrets are deleted here too: the local control plane
+/// has no namespace controller to empty it, and 20 000 leftover key pairs make every later
+/// cluster-wide list (the plugin's `orphans`) take seconds.
 pub async fn delete_namespace(client: &Client, ns: &str) {
     let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
     let names: Vec<String> = api
@@ -396,6 +398,17 @@ pub async fn delete_namespace(client: &Client, ns: &str) {
             }
         })
         .await;
+    let everything = (DeleteParams::default(), ListParams::default());
+    if let Err(e) = api.delete_collection(&everything.0, &everything.1).await {
+        eprintln!("delete the ApiKeyPairs of {ns}: {e}");
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    if let Err(e) = secrets
+        .delete_collection(&everything.0, &everything.1)
+        .await
+    {
+        eprintln!("delete the Secrets of {ns}: {e}");
+    }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if let Err(e) = namespaces.delete(ns, &DeleteParams::default()).await {
         eprintln!("delete namespace {ns}: {e}");

@@ -62,10 +62,7 @@ impl CodeSecrets {
     /// What the index knows of `name`: `Some(None)` if it has no such Secret,
     /// `Some(Some(version))` if it has, `None` if it cannot tell (not synced, no index).
     fn known(&self, namespace: &str, name: &str) -> Option<Option<String>> {
-        let versions = self.versions.as_ref()?;
-        futures::FutureExt::now_or_never(versions.wait_until_ready())?.ok()?;
-        let found = versions.get(&ObjectRef::new(name).within(namespace));
-        Some(found.map(|m| m.resource_version().unwrap_or_default()))
+        lookup(self.versions.as_ref()?, namespace, name)
     }
 
     /// The trimmed code in `reference` (in `namespace`), read from the API server only
@@ -111,6 +108,25 @@ impl CodeSecrets {
         }
         Ok(code)
     }
+}
+
+/// What `versions` knows of Secret `namespace/name`: `Some(None)` if it has no such
+/// Secret, `Some(Some(version))` if it has, `None` if it cannot tell (not synced yet).
+fn lookup(versions: &Store<SecretVersion>, namespace: &str, name: &str) -> Option<Option<String>> {
+    futures::FutureExt::now_or_never(versions.wait_until_ready())?.ok()?;
+    let found = versions.get(&ObjectRef::new(name).within(namespace));
+    Some(found.map(|m| m.resource_version().unwrap_or_default()))
+}
+
+/// The `resourceVersion` of Secret `namespace/name` if the index holds it. `None` says
+/// nothing: the index may not have synced, and it leaves out the operator's own Secrets and
+/// the namespaces outside the operator's scope, so the caller asks the API server then.
+pub fn indexed_version(
+    versions: &Store<SecretVersion>,
+    namespace: &str,
+    name: &str,
+) -> Option<String> {
+    lookup(versions, namespace, name).flatten()
 }
 
 /// The watch behind the index: every Secret in `scope` the operator does not own, as

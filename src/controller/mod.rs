@@ -462,7 +462,11 @@ fn user_changes(akp: &ApiKeyPair) -> Option<u64> {
 
 /// The `ApiKeyPair` controller: one controller over one set of watches whatever the scope,
 /// and the futures that resolve when its caches have synced.
-fn key_pair_controller(shared: &Shared, providers: ProviderTriggers) -> (Task, Vec<CacheReady>) {
+fn key_pair_controller(
+    shared: &Shared,
+    providers: ProviderTriggers,
+    (code_store, code_writer): SecretVersions,
+) -> (Task, Vec<CacheReady>) {
     let client = &shared.client;
     let scope = &shared.scope;
     let (secret_store, secret_writer) = reflector::store();
@@ -489,7 +493,6 @@ fn key_pair_controller(shared: &Shared, providers: ProviderTriggers) -> (Task, V
         })
         .applied_objects()
         .predicate_filter(user_changes, Default::default());
-    let (code_store, code_writer) = reflector::store();
     let code_stream = code_secrets::watch(client, scope, code_store.clone())
         .reflect(code_writer)
         .touched_objects();
@@ -626,6 +629,13 @@ type Shutdown =
 type Task = futures::future::BoxFuture<'static, ()>;
 type CacheReady = futures::future::BoxFuture<'static, Result<(), reflector::store::WriterDropped>>;
 
+/// The index of the Secrets the operator does not own: its store (which the registry reads
+/// too) and the writer the `ApiKeyPair` controller's metadata watch feeds.
+type SecretVersions = (
+    Store<code_secrets::SecretVersion>,
+    reflector::store::Writer<code_secrets::SecretVersion>,
+);
+
 /// What every controller shares.
 #[derive(Clone)]
 struct Shared {
@@ -717,6 +727,8 @@ pub async fn run(
     )
     .with_stores(namespaced_store.clone(), cluster_store.clone())
     .with_list_ttl(options.settings.verification_poll_interval);
+    let secret_versions = reflector::store();
+    let registry = registry.with_secret_versions(secret_versions.0.clone());
     let shared = Shared {
         recorder: Recorder::new(client.clone(), reporter),
         registry,
@@ -730,7 +742,7 @@ pub async fn run(
         namespaced: provider_changes(namespaced_keys).boxed(),
         cluster: provider_changes(cluster_keys).boxed(),
     };
-    let (key_pairs, mut caches) = key_pair_controller(&shared, triggers);
+    let (key_pairs, mut caches) = key_pair_controller(&shared, triggers, secret_versions);
     caches.push(ready_future(namespaced_store.clone()));
     caches.push(ready_future(cluster_store.clone()));
     let s = shared.clone();

@@ -20,6 +20,7 @@ use secrecy::SecretString;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use super::code_secrets::{SecretVersion, indexed_version};
 use super::lifecycle::CreateGuard;
 use super::plan::CreateFingerprint;
 use super::{Error, Settings};
@@ -310,7 +311,9 @@ struct CachedBackend {
 }
 
 /// How long a provider client is used without comparing its credential Secret's version
-/// again (a refusal by the provider compares at once).
+/// again, when the index of Secret versions does not hold that Secret (a ClusterKeyPair-
+/// Provider's Secret outside the operator's namespaces); a refusal by the provider
+/// compares at once.
 const CREDENTIALS_RECHECK: Duration = Duration::from_secs(30);
 
 /// One provider's create locks, by fingerprint.
@@ -396,6 +399,9 @@ pub struct Registry {
     list_ttl: Duration,
     stores: Option<ProviderStores>,
     namespaces: Arc<NamespaceLabels>,
+    /// The versions of the Secrets the operator does not own (credential Secrets among
+    /// them), from the `ApiKeyPair` controller's metadata watch.
+    secret_versions: Option<Store<SecretVersion>>,
 }
 
 /// The provider resources as the shared watches see them.
@@ -479,7 +485,16 @@ impl Registry {
             list_ttl: Duration::ZERO,
             stores: None,
             namespaces: Arc::default(),
+            secret_versions: None,
         }
+    }
+
+    /// The same registry comparing credential Secret versions in `versions` (the index of
+    /// the Secrets the operator does not own) instead of asking the API server, where the
+    /// index holds the Secret.
+    pub fn with_secret_versions(mut self, versions: Store<SecretVersion>) -> Self {
+        self.secret_versions = Some(versions);
+        self
     }
 
     /// The same registry reading provider resources from the shared watches' stores.
@@ -644,16 +659,25 @@ impl Registry {
             provider.uid().unwrap_or_default(),
             provider.meta().generation.unwrap_or_default(),
         );
-        let cached = match self.recent_backend(&key, &identity) {
+        let indexed = self
+            .secret_versions
+            .as_ref()
+            .and_then(|versions| indexed_version(versions, &credentials_ns, &secret_name));
+        let recent = || self.recent_backend(&key, &identity);
+        let cached = match indexed.is_none().then(recent).flatten() {
             Some(cached) => cached,
             None => {
                 // Metadata only: the data is read again only when the Secret changed.
-                let meta = secrets
-                    .get_metadata_opt(&secret_name)
-                    .await?
-                    .ok_or_else(missing)?;
-                let fingerprint =
-                    format!("{identity}/{}", meta.resource_version().unwrap_or_default());
+                let version = match indexed {
+                    Some(version) => version,
+                    None => secrets
+                        .get_metadata_opt(&secret_name)
+                        .await?
+                        .ok_or_else(missing)?
+                        .resource_version()
+                        .unwrap_or_default(),
+                };
+                let fingerprint = format!("{identity}/{version}");
                 match self.compared_backend(&key, &fingerprint) {
                     Some(cached) => cached,
                     None => {

@@ -40,11 +40,7 @@ where
         + Sync
         + 'static,
 {
-    // Lists are served from the API server's watch cache, not read from etcd page by page:
-    // at 10k objects that is most of a restart's time to ready. The view may be a little
-    // older than a quorum read, which every cached view here may be anyway: decisions that
-    // need the latest object read it fresh, and status writes are fenced.
-    let (client, config) = (client.clone(), config.clone().any_semantic());
+    let (client, config) = (client.clone(), config.clone());
     scoped_with(scope, store, move |namespace| {
         watcher::watcher(api(&client, namespace), config.clone())
             .default_backoff()
