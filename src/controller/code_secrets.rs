@@ -3,7 +3,8 @@
 //! Secrets cost little memory) wakes the `ApiKeyPair`s that reference a Secret when it
 //! changes (found through an index of who reads which Secret, not a scan), and a cache of
 //! the codes read means a key pair awaiting its code reads the Secret from the API server
-//! only when its version moved.
+//! only when its version moved. The provider registry reads the versions of provider
+//! credential Secrets from the same index ([`indexed_version`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
