@@ -398,15 +398,12 @@ pub async fn delete_namespace(client: &Client, ns: &str) {
             }
         })
         .await;
-    let everything = (DeleteParams::default(), ListParams::default());
-    if let Err(e) = api.delete_collection(&everything.0, &everything.1).await {
+    let (delete, every) = (DeleteParams::default(), ListParams::default());
+    if let Err(e) = api.delete_collection(&delete, &every).await {
         eprintln!("delete the ApiKeyPairs of {ns}: {e}");
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    if let Err(e) = secrets
-        .delete_collection(&everything.0, &everything.1)
-        .await
-    {
+    if let Err(e) = secrets.delete_collection(&delete, &every).await {
         eprintln!("delete the Secrets of {ns}: {e}");
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -157,14 +157,8 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        publish_event(&self.recorder, &event, &akp.object_ref(&())).await;
+        let reference = akp.object_ref(&());
+        publish_event(&self.recorder, &reference, type_, reason, action, note).await;
     }
 
     /// Whether the key pair with `uid` is due for its periodic provider check: a check
@@ -239,13 +233,23 @@ struct LastCheck {
     credentials: Option<u64>,
 }
 
-/// Publishes `event` about `reference`; failures are logged, never fatal.
+/// Publishes an event about `reference`; failures are logged, never fatal.
 pub(crate) async fn publish_event(
     recorder: &Recorder,
-    event: &Event,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
 ) {
-    if let Err(error) = recorder.publish(event, reference).await {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, reference).await {
         warn!(%error, "cannot publish event");
     }
 }

@@ -34,7 +34,7 @@ use crate::provider::{
     HttpOptions, KeyLookup, KeyPairApi, ProviderError, ProviderKind, RateLimiter, RemoteKeyPair,
     ThreatWindsClient, UpdateKeyPair,
 };
-use crate::telemetry::events::{Event, EventType, Recorder};
+use crate::telemetry::events::{EventType, Recorder};
 use crate::telemetry::{Metrics, ProviderLabels};
 
 /// What both provider kinds have in common for the controllers.
@@ -663,8 +663,12 @@ impl Registry {
             .secret_versions
             .as_ref()
             .and_then(|versions| indexed_version(versions, &credentials_ns, &secret_name));
-        let recent = || self.recent_backend(&key, &identity);
-        let cached = match indexed.is_none().then(recent).flatten() {
+        // Without the index, a client compared recently is used as it is.
+        let recent = match indexed {
+            Some(_) => None,
+            None => self.recent_backend(&key, &identity),
+        };
+        let cached = match recent {
             Some(cached) => cached,
             None => {
                 // Metadata only: the data is read again only when the Secret changed.
@@ -1035,14 +1039,16 @@ async fn credentials_event<P: ProviderResource>(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
+    let reference = provider.object_ref(&());
+    super::publish_event(
+        &ctx.recorder,
+        &reference,
         type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "CheckCredentials".to_owned(),
-        secondary: None,
-    };
-    super::publish_event(&ctx.recorder, &event, &provider.object_ref(&())).await;
+        reason,
+        "CheckCredentials",
+        note,
+    )
+    .await;
 }
 
 fn provider_error_policy<P>(_: Arc<P>, _: &Error, _: Arc<ProviderContext>) -> Action {

@@ -416,7 +416,7 @@ impl World {
             spec["suspend"] = json!(true);
         }
         if d.secret_name > 0 {
-            spec["secretName"] = json!(format!("{}-s{}", name(k), d.secret_name));
+            spec["secretName"] = json!(self.secret_of(k));
         }
         if let Some(before) = [None, Some("72h"), Some("240h")][usize::from(d.renew_before % 3)] {
             spec["renewBefore"] = json!(before);
