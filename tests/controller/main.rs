@@ -117,6 +117,22 @@ impl Scenario {
         .await;
     }
 
+    /// Waits until provider `name` says `Ready=True`.
+    pub async fn wait_provider_ready(&self, name: &str) {
+        let api: kube::Api<keypair_operator::crd::KeyPairProvider> =
+            kube::Api::namespaced(self.client.clone(), &self.ns);
+        let what = format!("provider {name} Ready");
+        common::wait_for(&what, std::time::Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                let status = api.get_opt(name).await.ok().flatten()?.status?;
+                let ready = keypair_operator::conditions::find(&status.conditions, "Ready")?;
+                (ready.status == "True").then_some(())
+            }
+        })
+        .await;
+    }
+
     /// Applies an `ApiKeyPair`.
     pub async fn akp(&self, name: &str, spec: Value) -> ApiKeyPair {
         let object = json!({"apiVersion": "keypairs.dev/v1alpha1", "kind": "ApiKeyPair", "metadata": {"name": name}, "spec": spec});
