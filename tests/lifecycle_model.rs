@@ -217,6 +217,22 @@ impl Cluster for ModelCluster {
         Ok(w.secrets.get(name).cloned())
     }
 
+    fn known_absent(&self, name: &str) -> bool {
+        !lock(&self.world).secrets.contains_key(name)
+    }
+
+    async fn claim_secret(&self, secret: &Secret) -> Result<bool, Error> {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        let theirs = lock(&self.world).secrets.get(&name).is_some_and(|found| {
+            found.metadata.owner_references != secret.metadata.owner_references
+        });
+        if theirs {
+            return Ok(false);
+        }
+        self.apply_secret(secret).await?;
+        Ok(true)
+    }
+
     async fn apply_secret(&self, secret: &Secret) -> Result<(), Error> {
         let mut w = lock(&self.world);
         if !w.faults.effect() {

@@ -66,6 +66,11 @@ impl CodeSecrets {
         lookup(self.versions.as_ref()?, namespace, name)
     }
 
+    /// Whether the index has synced and holds no Secret `namespace/name`.
+    pub fn known_absent(&self, namespace: &str, name: &str) -> bool {
+        self.known(namespace, name) == Some(None)
+    }
+
     /// The trimmed code in `reference` (in `namespace`), read from the API server only
     /// when the index shows a version this cache has not read.
     pub async fn read(

@@ -261,6 +261,37 @@ impl Cluster for KubeCluster {
         Ok(self.secrets.get_opt(name).await?)
     }
 
+    fn known_absent(&self, name: &str) -> bool {
+        let namespace = self.akp.namespace().unwrap_or_default();
+        matches!(self.cached_secret(name), Some(None))
+            && self.ctx.code_secrets.known_absent(&namespace, name)
+    }
+
+    async fn claim_secret(&self, desired: &Secret) -> Result<bool, Error> {
+        let name = desired.name_any();
+        // Not forced: a field another manager set with another value is a conflict.
+        let params = PatchParams::apply(MANAGER);
+        let written = match self
+            .secrets
+            .patch(&name, &params, &Patch::Apply(desired))
+            .await
+        {
+            Ok(written) => written,
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if !secret::written_by_others(&written, MANAGER) {
+            return Ok(true);
+        }
+        // Someone made this Secret after the caches looked: give back every field this
+        // apply added (an apply of nothing drops what only this manager owns).
+        let nothing = secret::empty_apply(&name);
+        self.secrets
+            .patch(&name, &params, &Patch::Apply(&nothing))
+            .await?;
+        Ok(false)
+    }
+
     async fn apply_secret(&self, desired: &Secret) -> Result<(), Error> {
         let name = desired.name_any();
         if let Some(Some(existing)) = self.cached_secret(&name)

@@ -45,6 +45,16 @@ pub enum Step {
     },
 }
 
+/// Whether a Secret the watch cache does not hold must be confirmed by a fresh read.
+/// Before the first create, the caches saying that no Secret of the name exists (this
+/// operator's Secrets, and the index of every other Secret) is enough: the worst a lagging
+/// cache allows is the race a fresh read leaves open too (a Secret created between the read
+/// and the write). Once a key exists, a missing Secret means lost credentials and starts a
+/// replacement: only a fresh read may justify that.
+pub fn confirm_missing_secret(state: &KeyState, caches_say_absent: bool) -> bool {
+    !(*state == KeyState::Empty && caches_say_absent)
+}
+
 /// Picks the structural next step from the lifecycle state and the Secret.
 pub fn next_step(state: &KeyState, secret: &SecretView) -> Step {
     if *secret == SecretView::Foreign {
@@ -1090,6 +1100,21 @@ mod tests {
             key: record("2", "new", awaiting(Some("c"))),
             stage,
         }
+    }
+
+    #[test]
+    fn only_a_first_create_trusts_the_caches_about_a_missing_secret() {
+        assert!(!confirm_missing_secret(&KeyState::Empty, true));
+        assert!(
+            confirm_missing_secret(&KeyState::Empty, false),
+            "not synced"
+        );
+        assert!(confirm_missing_secret(&active(None), true), "a lost Secret");
+        let creating = KeyState::Creating {
+            intent: attempt(Some("n"), "2026-01-01T00:00:00Z"),
+            previous: None,
+        };
+        assert!(confirm_missing_secret(&creating, true), "recovery");
     }
 
     #[test]

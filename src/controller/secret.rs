@@ -417,6 +417,27 @@ pub fn view_secret_as(
     }
 }
 
+/// Whether a field manager other than `manager` has written to `secret` (its
+/// `managedFields`, as a write's answer shows them).
+pub fn written_by_others(secret: &Secret, manager: &str) -> bool {
+    let entries = secret.metadata.managed_fields.iter().flatten();
+    entries
+        .into_iter()
+        .any(|entry| entry.manager.as_deref() != Some(manager))
+}
+
+/// A server-side apply that sets nothing: it gives up every field of Secret `name` that
+/// only the applying manager owns.
+pub fn empty_apply(name: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Secret::default()
+    }
+}
+
 /// Whether `existing` already has everything `desired` sets (so the apply can be skipped).
 pub fn is_up_to_date(existing: &Secret, desired: &Secret) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use keypair_operator::crd::{ApiKeyPair, KeyPairProvider};
 use keypair_operator::sandbox::Dialect;
 use kube::Api;
@@ -113,6 +114,47 @@ async fn a_foreign_secret_is_never_overwritten() {
         s.sandbox.keys().await.is_empty(),
         "no key created for a Secret it cannot write"
     );
+}
+
+/// A Secret of the key's name made while the key is being created (after the caches
+/// looked, so only the write can tell) is left as it was: the Secret write gives way, the
+/// new key is deleted and the key pair reports `SecretConflict`. Once with a data key in
+/// common (the write conflicts with the other field manager and changes nothing), once
+/// without (the write's answer shows the other manager, and what it added is taken back).
+#[tokio::test]
+async fn a_secret_made_during_the_create_is_never_taken_over() {
+    for (i, data_key) in ["apiKey", "token"].into_iter().enumerate() {
+        let test = format!("secret-race-{i}");
+        let s = Scenario::threatwinds(&test, Dialect::Current, &[], &[]).await;
+        s.wait_provider_ready("p").await;
+        s.sandbox.faults(json!({"latency_ms": 1500})).await;
+        s.akp("web", json!({"providerRef": {"name": "p"}})).await;
+        s.wait("web", "the create under way", |a| {
+            a.status
+                .as_ref()
+                .is_some_and(|st| st.pending_create.is_some())
+        })
+        .await;
+        // `data`, not `stringData`: a field manager owns what it writes to `data` only.
+        let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &s.ns);
+        let theirs: Secret = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "web"}, "data": {data_key: "c29tZW9uZS1lbHNlcw=="}}))
+        .expect("a Secret");
+        let params = PatchParams::apply(common::TEST_MANAGER);
+        secrets
+            .patch("web", &params, &Patch::Apply(&theirs))
+            .await
+            .expect("their Secret");
+        s.wait_ready("web", "False", "SecretConflict").await;
+        let found = secrets.get("web").await.expect("the Secret");
+        let data = s.secret("web").await.expect("Secret data");
+        assert_eq!(data.len(), 1, "{:?}", data.keys());
+        assert_eq!(data[data_key], "someone-elses");
+        assert!(found.metadata.owner_references.is_none(), "{found:?}");
+        assert!(found.metadata.labels.unwrap_or_default().is_empty());
+        assert!(s.sandbox.keys().await.is_empty(), "the new key is deleted");
+        s.sandbox.faults(json!({})).await;
+    }
 }
 
 #[tokio::test]

@@ -73,6 +73,42 @@ async fn an_idle_check_of_a_healthy_key_makes_no_kube_request() {
     );
 }
 
+/// A create costs the operator five kube requests: finalizer, intent, Secret, key status,
+/// event. No Secret is read: the caches (the operator's Secrets and the index of all
+/// others) say that none of the name exists.
+#[tokio::test]
+async fn a_create_makes_five_kube_requests_and_reads_no_secret() {
+    let s = Scenario::datonis("create-cost", &[], &[]).await;
+    s.wait_provider_ready("p").await;
+    common::wait_for("operator /readyz", Duration::from_secs(30), || async {
+        let ready = reqwest::get(format!("{}/readyz", s.operator.http)).await;
+        ready.is_ok_and(|r| r.status().is_success()).then_some(())
+    })
+    .await;
+    let before = kube_requests(&s.operator).await;
+    let keys = 4;
+    for i in 0..keys {
+        s.akp(
+            &format!("k-{i}"),
+            json!({"providerRef": {"name": "p"}, "datonis": {"roleKey": ROLE}}),
+        )
+        .await;
+    }
+    for i in 0..keys {
+        s.wait_ready(&format!("k-{i}"), "True", "Ready").await;
+    }
+    // Past every follow-up of the creates: one check of every key (those cost nothing).
+    let checks = s.sandbox.count(KEY_GETS).await;
+    wait_count_at_least(&s, KEY_GETS, checks + keys).await;
+    let spent = common::grown(&before, &kube_requests(&s.operator).await);
+    assert!(!spent.contains_key("get secrets"), "{spent:?}");
+    let per_create = spent.values().sum::<f64>() / keys as f64;
+    assert!(
+        per_create <= 5.0,
+        "{per_create} requests per create: {spent:?}"
+    );
+}
+
 #[tokio::test]
 async fn keys_awaiting_their_code_share_one_list_and_read_no_secret() {
     let s = Scenario::threatwinds(

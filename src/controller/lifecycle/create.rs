@@ -70,7 +70,11 @@ impl Run<'_> {
                 pending: None,
             },
         };
-        self.apply_secret(&contents).await?;
+        if purpose == CreatePurpose::Initial {
+            self.claim_secret(&contents, &created.key.key_id).await?;
+        } else {
+            self.apply_secret(&contents).await?;
+        }
         failpoint!("secret-written");
         let code_id = created.verification_code_id.clone();
         if staged {

@@ -95,6 +95,13 @@ pub trait Cluster: Send + Sync {
     async fn write_status(&self, status: &ApiKeyPairStatus) -> Result<(), Error>;
     /// The Secret called `name`; `fresh` reads the API server instead of the watch cache.
     async fn read_secret(&self, name: &str, fresh: bool) -> Result<Option<Secret>, Error>;
+    /// Whether the watch caches have synced and hold no Secret called `name`, neither among
+    /// this operator's Secrets nor in the index of all others (they may lag).
+    fn known_absent(&self, name: &str) -> bool;
+    /// Writes a Secret no key of this resource has been written to yet, without taking
+    /// over anyone else's: `false` (and the Secret as it was) when it turns out to exist
+    /// and belong to someone else.
+    async fn claim_secret(&self, secret: &Secret) -> Result<bool, Error>;
     /// Applies a desired Secret (skipped when it is already so).
     async fn apply_secret(&self, secret: &Secret) -> Result<(), Error>;
     /// Drops this resource's owner reference from the Secret, so garbage collection keeps it.
@@ -251,6 +258,32 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Writes the Secret of a first key ([`Cluster::claim_secret`]). When the Secret turns
+    /// out to be someone else's, the key just created is deleted (the provider's answer
+    /// names it, so no other resource can hold it) and the attempt forgotten.
+    async fn claim_secret(
+        &mut self,
+        contents: &SecretContents,
+        created: &str,
+    ) -> Result<(), Error> {
+        let desired = secret::desired_secret(self.akp, contents);
+        if !self.cluster.claim_secret(&desired).await? {
+            self.delete_remote(created).await?;
+            self.forget_intent(CreatePurpose::Initial);
+            return Err(self.secret_conflict());
+        }
+        self.known_credentials = Some(contents.current.fingerprint());
+        self.applied = Some(contents.clone());
+        Ok(())
+    }
+
+    fn secret_conflict(&self) -> Error {
+        Error::SecretConflict(format!(
+            "Secret {} exists and is not owned by this ApiKeyPair; choose another spec.secretName or delete that Secret",
+            self.secret_name()
+        ))
+    }
+
     /// Writes the Secret to serve these credentials, with no pending slot.
     async fn serve(
         &mut self,
@@ -323,15 +356,14 @@ impl<'a> Run<'a> {
         }
         self.move_secret_if_relocated(&state).await?;
         let mut view = self.secret_view(false).await?;
-        if view == SecretView::Missing {
-            // The cache holds only Secrets with our label and may lag: confirm first.
+        let name = self.secret_name();
+        if view == SecretView::Missing
+            && plan::confirm_missing_secret(&state, self.cluster.known_absent(&name))
+        {
             view = self.secret_view(true).await?;
         }
         match plan::next_step(&state, &view) {
-            Step::SecretConflict => Err(Error::SecretConflict(format!(
-                "Secret {} exists and is not owned by this ApiKeyPair; choose another spec.secretName or delete that Secret",
-                self.secret_name()
-            ))),
+            Step::SecretConflict => Err(self.secret_conflict()),
             Step::Create => {
                 self.create(CreatePurpose::Initial, None).await?;
                 self.go_on_after_create().await
