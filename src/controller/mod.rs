@@ -501,9 +501,9 @@ fn key_pair_controller(
         .reflect(code_writer)
         .touched_objects();
     let caches = vec![
-        ready_future(key_pair_store.clone()),
-        ready_future(secret_store.clone()),
-        ready_future(code_store.clone()),
+        ready_future("ApiKeyPair", key_pair_store.clone()),
+        ready_future("owned Secret", secret_store.clone()),
+        ready_future("other Secret metadata", code_store.clone()),
     ];
     let ctx = Context::new(
         client.clone(),
@@ -549,11 +549,19 @@ fn key_pair_controller(
     (futures::FutureExt::boxed(controller), caches)
 }
 
-fn ready_future<K>(store: Store<K>) -> CacheReady
+/// Resolves when `store` has its first full list; logs how long that took (what a start
+/// or a failover spends before it may act).
+fn ready_future<K>(kind: &'static str, store: Store<K>) -> CacheReady
 where
     K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    futures::FutureExt::boxed(async move { store.wait_until_ready().await })
+    let started = std::time::Instant::now();
+    futures::FutureExt::boxed(async move {
+        store.wait_until_ready().await?;
+        let objects = store.state().len();
+        info!(kind, objects, elapsed = ?started.elapsed(), "cache synced");
+        Ok(())
+    })
 }
 
 /// The `ApiKeyPair`s whose keys live at a provider (the one recorded with the key: an edit
@@ -747,8 +755,11 @@ pub async fn run(
         cluster: provider_changes(cluster_keys).boxed(),
     };
     let (key_pairs, mut caches) = key_pair_controller(&shared, triggers, secret_versions);
-    caches.push(ready_future(namespaced_store.clone()));
-    caches.push(ready_future(cluster_store.clone()));
+    caches.push(ready_future("KeyPairProvider", namespaced_store.clone()));
+    caches.push(ready_future(
+        "ClusterKeyPairProvider",
+        cluster_store.clone(),
+    ));
     let s = shared.clone();
     let mut controllers = vec![key_pairs];
     if !options.without_providers {
