@@ -12,7 +12,8 @@
 //! Knobs (environment): `BENCH_N` (default 1000), `BENCH_UNRELATED` (default 1000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_RESTART_SECS` (60), `BENCH_LATENCY_MS` (10),
 //! `BENCH_RATE` (R, default 20 requests/s), `BENCH_CLIENTS` (16), `BENCH_CONCURRENCY`
-//! (the operator's `--concurrency` for the bursts, 32); `KPO_WRAP` runs each
+//! (the operator's `--concurrency` for the bursts, 32); `BENCH_BURSTS_ONLY` (set: stop
+//! after C and the two bursts, for quick comparisons); `KPO_WRAP` runs each
 //! operator through a wrapper, e.g. `KPO_WRAP="benches/heaptrack-exec /tmp/hp"` profiles
 //! its heap (see that script).
 
@@ -123,6 +124,22 @@ async fn creates(
         format!("{kind} provider requests per created object"),
         per_object(PROVIDER),
         "req",
+    );
+    // Where a create's time goes: how long a reconcile takes, and how many there are.
+    let apikeypair = ["controller=\"apikeypair\""];
+    let grown = |m: &str| {
+        common::metric_total(&after, m, &apikeypair) - common::metric_total(&before, m, &apikeypair)
+    };
+    let reconciles = grown("keypair_operator_reconcile_duration_seconds_count");
+    report.add(
+        format!("{kind} mean reconcile duration"),
+        grown("keypair_operator_reconcile_duration_seconds_sum") / reconciles.max(1.0),
+        "s",
+    );
+    report.add(
+        format!("{kind} reconciles per created object"),
+        reconciles / n as f64,
+        "runs",
     );
     for (verb, count) in kube_by_verb(&before, &after) {
         report.add(
@@ -395,6 +412,11 @@ async fn main() {
     tw_operator.stop().await;
     eprintln!("creating {n} Datonis keys");
     let (dt, mut dt_operator) = creates(&client, &mut report, false, ceiling).await;
+    if std::env::var_os("BENCH_BURSTS_ONLY").is_some() {
+        dt_operator.stop().await;
+        report.print();
+        return;
+    }
     idle_latency(&client, &mut report, &dt).await;
     eprintln!("restart");
     restart(&mut report, &dt, &mut dt_operator, n).await;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -475,9 +475,19 @@ fn key_pair_controller(
     let scope = &shared.scope;
     let (secret_store, secret_writer) = reflector::store();
     let owned_secrets = watcher::Config::default().labels(secret::MANAGED_SELECTOR);
+    // The operator's own Secret writes do not wake the key pair (it goes on from what it
+    // wrote); a Secret edited or deleted by someone else does.
     let secret_stream = watch::scoped(client, scope, &owned_secrets, secret_store.clone())
         .reflect(secret_writer)
-        .touched_objects();
+        .try_filter_map(|event| async move {
+            Ok(match event {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                    (!secret::as_written(&s)).then_some(s)
+                }
+                watcher::Event::Delete(s) => Some(s),
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            })
+        });
     let (key_pair_store, key_pair_writer) = reflector::store();
     let mut key_pairs = watcher::Config::default();
     if let Some(selector) = &shared.shard_selector {

@@ -357,6 +357,21 @@ fn data_hash(data: &BTreeMap<String, ByteString>) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
+/// Whether a Secret is as the operator last wrote it: its data matches the hash written
+/// with it, and a controller owns it. Only a change that leaves it otherwise (an edit of
+/// its data, a lost owner) needs its `ApiKeyPair` reconciled; the operator's own writes do
+/// not.
+pub fn as_written(secret: &Secret) -> bool {
+    let empty = BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&empty);
+    let hash = secret.annotations().get(DATA_HASH_ANNOTATION);
+    let controlled = secret
+        .owner_references()
+        .iter()
+        .any(|r| r.controller == Some(true));
+    controlled && hash.is_some_and(|h| *h == data_hash(data))
+}
+
 /// Reads an existing Secret (or its absence) against an `ApiKeyPair`.
 pub fn view_secret(akp: &ApiKeyPair, secret: Option<&Secret>) -> SecretView {
     view_secret_as(akp, secret, &data_keys(akp))
@@ -593,6 +608,27 @@ mod tests {
         assert_eq!(hash("k", "s1"), hash("k", "s1"));
         assert_ne!(hash("k", "s1"), hash("k", "s2"));
         assert!(!hash("k", "secret-value").contains("secret-value"));
+    }
+
+    #[test]
+    fn a_secret_is_as_written_until_its_data_or_owner_changes() {
+        let akp = akp(None);
+        let contents = SecretContents {
+            current: creds("k", "s1"),
+            pending: None,
+        };
+        let written = desired_secret(&akp, &contents);
+        assert!(as_written(&written));
+        let mut edited = written.clone();
+        let data = edited.data.get_or_insert_default();
+        data.insert("apiSecret".into(), ByteString(b"other".to_vec()));
+        assert!(!as_written(&edited), "data edited");
+        let mut released = written.clone();
+        released.metadata.owner_references = None;
+        assert!(!as_written(&released), "no owner");
+        let mut unhashed = written;
+        unhashed.metadata.annotations = None;
+        assert!(!as_written(&unhashed), "hash removed");
     }
 
     #[test]
