@@ -177,6 +177,29 @@ pub fn rss_anon_mb(operator: &common::Operator) -> f64 {
     proc_status(operator, "RssAnon") / 1024.0
 }
 
+/// CPU seconds the local kube-apiserver has used so far (NaN when it cannot be found):
+/// what a phase costs the API server, the resource every request shares here.
+pub fn apiserver_cpu_seconds() -> f64 {
+    let cpu = |pid: &str| -> Option<f64> {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if comm.trim() != "kube-apiserver" {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (which ends with ')'): utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|entry| cpu(&entry.file_name().to_string_lossy()))
+        .unwrap_or(f64::NAN)
+}
+
 /// Open file descriptors of the operator (sockets included), NaN when it is gone.
 pub fn open_fds(operator: &common::Operator) -> f64 {
     operator
@@ -241,9 +264,13 @@ pub async fn wait_all_ready(
     let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
     let mut latencies = HashMap::new();
     let mut last = Instant::now();
-    let mut stream = watcher(api, watcher::Config::default())
-        .applied_objects()
-        .boxed();
+    // One key: watch that key only, so that the first list does not read every other one
+    // (at 10k keys that list alone takes seconds).
+    let mut config = watcher::Config::default();
+    if let [name] = applied.keys().collect::<Vec<_>>()[..] {
+        config = config.fields(&format!("metadata.name={name}"));
+    }
+    let mut stream = watcher(api, config).applied_objects().boxed();
     let deadline = tokio::time::Instant::now() + timeout;
     while latencies.len() < applied.len() {
         let next = tokio::time::timeout_at(deadline, stream.next()).await;
