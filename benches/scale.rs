@@ -13,7 +13,8 @@
 //! `BENCH_IDLE_SECS` (60), `BENCH_RESTART_SECS` (60), `BENCH_LATENCY_MS` (10),
 //! `BENCH_RATE` (R, default 20 requests/s), `BENCH_CLIENTS` (16), `BENCH_CONCURRENCY`
 //! (the operator's `--concurrency` for the bursts, 32); `BENCH_BURSTS_ONLY` (set: stop
-//! after C and the two bursts, for quick comparisons); `KPO_WRAP` runs each
+//! after C and the two bursts, for quick comparisons); `BENCH_DT_FINGERPRINTS` (1: every
+//! Datonis key shares one fingerprint, so their creates are serialized); `KPO_WRAP` runs each
 //! operator through a wrapper, e.g. `KPO_WRAP="benches/heaptrack-exec /tmp/hp"` profiles
 //! its heap (see that script).
 
@@ -87,7 +88,8 @@ async fn creates(
     let before = scrape(&operator).await;
     let cpu_before = apiserver_cpu_seconds();
     let started = Instant::now();
-    let applied = create_key_pairs(client, &setup.ns, n, clients, &|_| setup.spec.clone()).await;
+    let spec = |name: &str| spec_of(&setup, threatwinds, name);
+    let applied = create_key_pairs(client, &setup.ns, n, clients, &spec).await;
     let timeout = Duration::from_secs(120 + n as u64 / 2);
     let (latencies, last) = wait_all_ready(client, &setup.ns, &applied, setup.ready, timeout).await;
     let rate = latencies.len() as f64 / (last - started).as_secs_f64();
@@ -99,6 +101,14 @@ async fn creates(
         (common::metric_total(&after, m, &[]) - common::metric_total(&before, m, &[])) / n as f64
     };
     report.add(format!("{kind} keys ready"), latencies.len() as f64, "keys");
+    if !threatwinds {
+        let fingerprints = knob("BENCH_DT_FINGERPRINTS", 1).max(1) as f64;
+        report.add(
+            "datonis fingerprints (parallel create lanes)",
+            fingerprints,
+            "",
+        );
+    }
     report.goal(
         format!("{kind} to-Ready rate"),
         rate,
@@ -179,6 +189,20 @@ async fn creates(
         "MB",
     );
     (setup, operator)
+}
+
+/// The spec of Datonis key `k-<i>`: with `BENCH_DT_FINGERPRINTS` = F > 1, spread over F
+/// validities 3 days apart, so F fingerprints (role, expiry date ±1 day) whose creates may
+/// run in parallel; by default one, whose creates are serialized (recovery could not tell
+/// their keys apart).
+fn spec_of(setup: &Setup, threatwinds: bool, name: &str) -> serde_json::Value {
+    let fingerprints = knob("BENCH_DT_FINGERPRINTS", 1).max(1);
+    let index: u64 = name.trim_start_matches("k-").parse().unwrap_or(0);
+    let mut spec = setup.spec.clone();
+    if !threatwinds && fingerprints > 1 {
+        spec["validityDays"] = json!(90 + 3 * (index % fingerprints));
+    }
+    spec
 }
 
 /// One more key, created when the operator is idle: apply→Ready.
