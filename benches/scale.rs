@@ -124,6 +124,13 @@ async fn creates(
         cpu * 1000.0,
         "ms",
     );
+    // The most this API server could do with every core of the machine to itself.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report.add(
+        format!("{kind} to-Ready rate / (cores / apiserver CPU per object)"),
+        rate * cpu / cores,
+        "ratio",
+    );
     report.add(
         format!("{kind} p50 apply->Ready"),
         percentile(&latencies, 0.5),
