@@ -348,9 +348,7 @@ async fn list_time(client: &Client, ns: &str) -> Duration {
     let started = Instant::now();
     let mut params = kube::api::ListParams::default().limit(500);
     loop {
-        let Ok(page) = api.list(&params).await else {
-            break;
-        };
+        let page = api.list(&params).await.expect("list ApiKeyPairs");
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => break,
