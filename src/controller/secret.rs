@@ -435,10 +435,8 @@ pub fn view_secret_as(
 /// Whether a field manager other than `manager` has written to `secret` (its
 /// `managedFields`, as a write's answer shows them).
 pub fn written_by_others(secret: &Secret, manager: &str) -> bool {
-    let entries = secret.metadata.managed_fields.iter().flatten();
-    entries
-        .into_iter()
-        .any(|entry| entry.manager.as_deref() != Some(manager))
+    let mut entries = secret.metadata.managed_fields.iter().flatten();
+    entries.any(|entry| entry.manager.as_deref() != Some(manager))
 }
 
 /// A server-side apply that sets nothing: it gives up every field of Secret `name` that

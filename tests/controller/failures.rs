@@ -221,10 +221,9 @@ async fn a_provider_outage_during_create_is_retried_without_duplicates() {
     // A 5xx on create may have committed, so the retries look for the attempt's key
     // (list) before creating again.
     assert_eq!(s.sandbox.count("POST /api/auth/v2/keypair").await, 1);
-    common::wait_for("retries with back-off", Duration::from_secs(30), || async {
-        (s.sandbox.count("GET /api/auth/v2/keypairs").await >= 2).then_some(())
-    })
-    .await;
+    // Retries with back-off.
+    s.wait_count("GET /api/auth/v2/keypairs", 2, Duration::from_secs(30))
+        .await;
     s.sandbox.faults(json!({})).await;
     s.wait_ready("web", "False", "AwaitingVerificationCode")
         .await;
@@ -244,9 +243,12 @@ async fn a_provider_outage_during_delete_keeps_the_finalizer_until_it_succeeds()
     api.delete("web", &Default::default())
         .await
         .expect("delete");
-    common::wait_for("two failed deletes", Duration::from_secs(30), || async {
-        (s.sandbox.count("DELETE /api/auth/v2/keypair/{id}").await >= 2).then_some(())
-    })
+    // Two failed deletes.
+    s.wait_count(
+        "DELETE /api/auth/v2/keypair/{id}",
+        2,
+        Duration::from_secs(30),
+    )
     .await;
     assert!(
         api.get_opt("web").await.expect("get").is_some(),

@@ -117,6 +117,14 @@ impl Scenario {
         .await;
     }
 
+    /// Waits (at most `within`) until the sandbox has answered `endpoint` at least `n` times.
+    pub async fn wait_count(&self, endpoint: &str, n: u64, within: std::time::Duration) {
+        common::wait_for(&format!("{n} × {endpoint}"), within, || async {
+            (self.sandbox.count(endpoint).await >= n).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until provider `name` says `Ready=True`.
     pub async fn wait_provider_ready(&self, name: &str) {
         let api: kube::Api<keypair_operator::crd::KeyPairProvider> =

@@ -38,16 +38,6 @@ fn key_id(akp: &ApiKeyPair) -> String {
         .unwrap_or_default()
 }
 
-/// Waits until the sandbox has answered `endpoint` at least `n` times.
-async fn wait_count(s: &Scenario, endpoint: &str, n: u64) {
-    common::wait_for(
-        &format!("{n} × {endpoint}"),
-        Duration::from_secs(30),
-        || async { (s.sandbox.count(endpoint).await >= n).then_some(()) },
-    )
-    .await;
-}
-
 /// Faults 1 and 4 (new-code header) under every strict ThreatWinds reading: a key that waits
 /// for its code is observed through the session's list, never checked with its own
 /// credentials (which the strict server refuses with 401), so it is neither deleted nor
@@ -69,7 +59,12 @@ async fn threatwinds_lifecycle_under_every_strict_reading() {
         let first = key_id(&akp);
         // Two more checks (every 3 s) while unverified.
         let lists = s.sandbox.count("GET /api/auth/v2/keypairs").await;
-        wait_count(&s, "GET /api/auth/v2/keypairs", lists + 2).await;
+        s.wait_count(
+            "GET /api/auth/v2/keypairs",
+            lists + 2,
+            Duration::from_secs(30),
+        )
+        .await;
         assert_eq!(
             s.sandbox.count("GET /api/auth/v2/keypair").await,
             0,
@@ -148,7 +143,12 @@ async fn a_refused_create_backs_off() {
     s.akp("witness", dt_spec(ROLE, true)).await;
     s.wait_ready("witness", "True", "Ready").await;
     let checks = s.sandbox.count("GET /api/v3/key_pairs/{key}").await;
-    wait_count(&s, "GET /api/v3/key_pairs/{key}", checks + 4).await;
+    s.wait_count(
+        "GET /api/v3/key_pairs/{key}",
+        checks + 4,
+        Duration::from_secs(30),
+    )
+    .await;
     // Back-off from 32 s: no second attempt, and the one attempt made at most two calls
     // (the client tries the other date order once on a refusal).
     let api: Api<ApiKeyPair> = Api::namespaced(s.client.clone(), &s.ns);
@@ -183,7 +183,12 @@ async fn a_refused_update_shows_until_the_spec_changes() {
     assert!(message.contains("refused the update"), "{message}");
     let puts = s.sandbox.count("PUT /api/v3/key_pairs/{key}").await;
     let gets = s.sandbox.count("GET /api/v3/key_pairs/{key}").await;
-    wait_count(&s, "GET /api/v3/key_pairs/{key}", gets + 2).await;
+    s.wait_count(
+        "GET /api/v3/key_pairs/{key}",
+        gets + 2,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         s.sandbox.count("PUT /api/v3/key_pairs/{key}").await,
         puts,

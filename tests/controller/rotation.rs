@@ -244,9 +244,11 @@ async fn manual_rotation_happens_once_per_value() {
     assert_eq!(status(&akp).rotation_request.as_deref(), Some("a"));
     // Two more checks (every 3 s): no further rotation.
     let gets = s.sandbox.count("GET /api/v3/key_pairs/{key}").await;
-    common::wait_for("two more checks", Duration::from_secs(30), || async {
-        (s.sandbox.count("GET /api/v3/key_pairs/{key}").await >= gets + 2).then_some(())
-    })
+    s.wait_count(
+        "GET /api/v3/key_pairs/{key}",
+        gets + 2,
+        Duration::from_secs(30),
+    )
     .await;
     assert_eq!(
         s.sandbox.count("POST /api/v3/key_pairs").await,
@@ -275,9 +277,11 @@ async fn consumers_are_restarted_once_per_rotation() {
     })
     .await;
     let gets = s.sandbox.count("GET /api/v3/key_pairs/{key}").await;
-    common::wait_for("two more checks", Duration::from_secs(30), || async {
-        (s.sandbox.count("GET /api/v3/key_pairs/{key}").await >= gets + 2).then_some(())
-    })
+    s.wait_count(
+        "GET /api/v3/key_pairs/{key}",
+        gets + 2,
+        Duration::from_secs(30),
+    )
     .await;
     assert_eq!(restarted_at(&s, "app").await, Some(stamp.clone()), "once");
     let akp = s
@@ -328,12 +332,8 @@ async fn suspend_makes_no_provider_calls() {
     s.wait_ready("witness", "True", "Ready").await;
     let key_gets = "GET /api/v3/key_pairs/{key}";
     let checks = s.sandbox.count(key_gets).await + 2;
-    common::wait_for(
-        "two checks of the witness",
-        Duration::from_secs(30),
-        || async { (s.sandbox.count(key_gets).await >= checks).then_some(()) },
-    )
-    .await;
+    s.wait_count(key_gets, checks, Duration::from_secs(30))
+        .await;
     // The suspended key pair has no key to check: every create and list is the witness's.
     assert_eq!(
         s.sandbox.count("POST /api/v3/key_pairs").await,
@@ -539,9 +539,12 @@ async fn check_interval_is_set_per_resource() {
     s.akp("agent", datonis_spec(json!({"checkInterval": "1s"})))
         .await;
     s.wait_ready("agent", "True", "Ready").await;
+    // Checks every second.
     let gets = s.sandbox.count("GET /api/v3/key_pairs/{key}").await;
-    common::wait_for("checks every second", Duration::from_secs(30), || async {
-        (s.sandbox.count("GET /api/v3/key_pairs/{key}").await >= gets + 3).then_some(())
-    })
+    s.wait_count(
+        "GET /api/v3/key_pairs/{key}",
+        gets + 3,
+        Duration::from_secs(30),
+    )
     .await;
 }

@@ -34,15 +34,6 @@ async fn reconciles(operator: &Operator) -> f64 {
     common::metric_total(&metrics, "keypair_operator_reconciles_total", &apikeypair)
 }
 
-async fn wait_count_at_least(s: &Scenario, endpoint: &str, count: u64) {
-    common::wait_for(
-        &format!("{count} × {endpoint}"),
-        Duration::from_secs(60),
-        || async { (s.sandbox.count(endpoint).await >= count).then_some(()) },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn an_idle_check_of_a_healthy_key_makes_no_kube_request() {
     let s = Scenario::datonis("idle-check", &[], &[]).await;
@@ -58,13 +49,15 @@ async fn an_idle_check_of_a_healthy_key_makes_no_kube_request() {
     }
     // Past the follow-ups of the creates: one check of every key first.
     let first = s.sandbox.count(KEY_GETS).await;
-    wait_count_at_least(&s, KEY_GETS, first + 3).await;
+    s.wait_count(KEY_GETS, first + 3, Duration::from_secs(60))
+        .await;
     let before = kube_requests(&s.operator).await;
     let checks_before = s.sandbox.count(KEY_GETS).await;
     // Eleven more checks of every key (the check interval is 3 s): longer than the 30 s
     // after which a provider's credential Secret version used to be read again. It comes
     // from the index of Secret versions now, for the key pairs and the provider alike.
-    wait_count_at_least(&s, KEY_GETS, checks_before + 3 * 11).await;
+    s.wait_count(KEY_GETS, checks_before + 3 * 11, Duration::from_secs(60))
+        .await;
     let after = kube_requests(&s.operator).await;
     let spent = common::grown(&before, &after);
     assert!(
@@ -101,7 +94,8 @@ async fn a_create_makes_five_kube_requests_and_reads_no_secret() {
     }
     // Past every follow-up of the creates: one check of every key (those cost nothing).
     let checks = s.sandbox.count(KEY_GETS).await;
-    wait_count_at_least(&s, KEY_GETS, checks + keys).await;
+    s.wait_count(KEY_GETS, checks + keys, Duration::from_secs(60))
+        .await;
     let spent = common::grown(&before, &kube_requests(&s.operator).await);
     assert!(!spent.contains_key("get secrets"), "{spent:?}");
     let per_create = spent.values().sum::<f64>() / keys as f64;

@@ -94,14 +94,9 @@ async fn lifecycle(test: &str, dialect: Dialect) {
     let api: Api<ApiKeyPair> = Api::namespaced(s.client.clone(), &s.ns);
     let version = api.get("web").await.expect("get").metadata.resource_version;
     let checks_before = s.sandbox.count("GET /api/auth/v2/keypair").await;
-    common::wait_for(
-        "two more checks",
-        std::time::Duration::from_secs(30),
-        || async {
-            (s.sandbox.count("GET /api/auth/v2/keypair").await >= checks_before + 2).then_some(())
-        },
-    )
-    .await;
+    let within = std::time::Duration::from_secs(30);
+    s.wait_count("GET /api/auth/v2/keypair", checks_before + 2, within)
+        .await;
     assert_eq!(
         api.get("web").await.expect("get").metadata.resource_version,
         version,
