@@ -160,6 +160,13 @@ pub struct CodeReaders {
     inner: Mutex<Readers>,
 }
 
+/// A reference to a key pair by namespace and name only: the index holds two per key pair,
+/// and the `resourceVersion` and UID that [`ObjectRef::from_obj`] also copies are never
+/// read (nor compared) here.
+fn reader(akp: &ApiKeyPair) -> ObjectRef<ApiKeyPair> {
+    ObjectRef::new(&akp.name_any()).within(&akp.namespace().unwrap_or_default())
+}
+
 #[derive(Default)]
 struct Readers {
     by_secret: HashMap<SecretName, HashSet<ObjectRef<ApiKeyPair>>>,
@@ -170,7 +177,7 @@ struct Readers {
 
 impl Readers {
     fn set(&mut self, akp: &ApiKeyPair) {
-        let object = ObjectRef::from_obj(akp);
+        let object = reader(akp);
         self.remove(&object);
         let code_secret = akp.spec.verification.as_ref().map(|v| {
             let namespace = akp.namespace().unwrap_or_default();
@@ -204,12 +211,12 @@ impl CodeReaders {
         };
         match event {
             watcher::Event::Apply(akp) => readers.set(akp),
-            watcher::Event::Delete(akp) => readers.remove(&ObjectRef::from_obj(akp)),
+            watcher::Event::Delete(akp) => readers.remove(&reader(akp)),
             watcher::Event::Init => readers.relisted = Some(HashSet::new()),
             watcher::Event::InitApply(akp) => {
                 readers.set(akp);
                 if let Some(seen) = readers.relisted.as_mut() {
-                    seen.insert(ObjectRef::from_obj(akp));
+                    seen.insert(reader(akp));
                 }
             }
             watcher::Event::InitDone => {

@@ -204,13 +204,13 @@ impl KubeCluster {
 
     /// The Secret as the watch cache holds it: `None` if the cache has not synced yet,
     /// `Some(None)` if it has and holds no such Secret.
-    fn cached_secret(&self, name: &str) -> Option<Option<Secret>> {
+    fn cached_secret(&self, name: &str) -> Option<Option<Arc<secret::CachedSecret>>> {
         // Never wait for the cache here: it is fed by the controller's own trigger stream,
         // which is not polled while every reconcile slot is busy. Until it has synced,
         // everything is read from the API server instead.
         futures::FutureExt::now_or_never(self.ctx.secrets.wait_until_ready())?.ok()?;
         let reference = ObjectRef::new(name).within(&self.akp.namespace().unwrap_or_default());
-        Some(self.ctx.secrets.get(&reference).map(|s| s.as_ref().clone()))
+        Some(self.ctx.secrets.get(&reference))
     }
 
     async fn referenced_in(&self, api: Api<ApiKeyPair>) -> Result<HashSet<String>, Error> {
@@ -256,7 +256,7 @@ impl Cluster for KubeCluster {
     async fn read_secret(&self, name: &str, fresh: bool) -> Result<Option<Secret>, Error> {
         // A cache miss is an answer too: the caller reads fresh when it matters.
         if !fresh && let Some(cached) = self.cached_secret(name) {
-            return Ok(cached);
+            return Ok(cached.map(|s| s.to_secret()));
         }
         Ok(self.secrets.get_opt(name).await?)
     }

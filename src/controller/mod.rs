@@ -98,7 +98,7 @@ pub struct Context {
     /// Provider clients and rate limiters.
     pub providers: providers::Registry,
     /// Cache of the Secrets this operator owns (selected by label).
-    pub secrets: Store<Secret>,
+    pub secrets: Store<secret::CachedSecret>,
     /// Knobs.
     pub settings: Settings,
     /// Prometheus metrics.
@@ -119,7 +119,7 @@ impl Context {
         client: Client,
         recorder: Recorder,
         providers: providers::Registry,
-        secrets: Store<Secret>,
+        secrets: Store<secret::CachedSecret>,
         settings: Settings,
     ) -> Self {
         Self {
@@ -452,6 +452,26 @@ pub fn error_policy(akp: Arc<ApiKeyPair>, error: &Error, ctx: Arc<Context>) -> A
     ))
 }
 
+/// Prefix of every annotation the operator reads on an `ApiKeyPair`.
+const OPERATOR_ANNOTATION_PREFIX: &str = "keypairs.dev/";
+
+/// An `ApiKeyPair` as it is cached: [`watch::slimmed`], without labels (a shard selector
+/// is applied by the API server, and nothing here reads them) and with only the
+/// operator's own `keypairs.dev/*` annotations. Tools label and annotate every object
+/// they sync (Argo CD's tracking id, Helm's release, ...): cached, each map costs a B-tree
+/// node per key, and a change to them needs no reconcile.
+fn cached_key_pair(akp: ApiKeyPair) -> ApiKeyPair {
+    let mut akp = watch::slimmed(akp);
+    akp.metadata.labels = None;
+    if let Some(annotations) = &mut akp.metadata.annotations {
+        annotations.retain(|key, _| key.starts_with(OPERATOR_ANNOTATION_PREFIX));
+        if annotations.is_empty() {
+            akp.metadata.annotations = None;
+        }
+    }
+    akp
+}
+
 /// The parts of an `ApiKeyPair` whose change needs a reconcile: the spec (generation), the
 /// annotations (new-code and force-orphan requests), the finalizers and deletion.
 fn user_changes(akp: &ApiKeyPair) -> Option<u64> {
@@ -477,17 +497,19 @@ fn key_pair_controller(
     let owned_secrets = watcher::Config::default().labels(secret::MANAGED_SELECTOR);
     // The operator's own Secret writes do not wake the key pair (it goes on from what it
     // wrote); a Secret edited or deleted by someone else does.
-    let secret_stream = watch::scoped(client, scope, &owned_secrets, secret_store.clone())
-        .reflect(secret_writer)
-        .try_filter_map(|event| async move {
-            Ok(match event {
-                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                    (!secret::as_written(&s)).then_some(s)
-                }
-                watcher::Event::Delete(s) => Some(s),
-                watcher::Event::Init | watcher::Event::InitDone => None,
-            })
-        });
+    let cached: fn(Secret) -> secret::CachedSecret = secret::CachedSecret::from;
+    let secret_stream =
+        watch::scoped_as(client, scope, &owned_secrets, secret_store.clone(), cached)
+            .reflect(secret_writer)
+            .try_filter_map(|event| async move {
+                Ok(match event {
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                        (!s.is_as_written()).then_some(s)
+                    }
+                    watcher::Event::Delete(s) => Some(s),
+                    watcher::Event::Init | watcher::Event::InitDone => None,
+                })
+            });
     let (key_pair_store, key_pair_writer) = reflector::store();
     let mut key_pairs = watcher::Config::default();
     if let Some(selector) = &shared.shard_selector {
@@ -498,15 +520,21 @@ fn key_pair_controller(
     // back-off would never apply.
     let code_readers = Arc::new(code_secrets::CodeReaders::default());
     let index = code_readers.clone();
-    let key_pair_stream = watch::scoped(client, scope, &key_pairs, key_pair_store.clone())
-        .reflect(key_pair_writer)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                index.observe(event);
-            }
-        })
-        .applied_objects()
-        .predicate_filter(user_changes, Default::default());
+    let key_pair_stream = watch::scoped_as(
+        client,
+        scope,
+        &key_pairs,
+        key_pair_store.clone(),
+        cached_key_pair,
+    )
+    .reflect(key_pair_writer)
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            index.observe(event);
+        }
+    })
+    .applied_objects()
+    .predicate_filter(user_changes, Default::default());
     let code_stream = code_secrets::watch(client, scope, code_store.clone())
         .reflect(code_writer)
         .touched_objects();
@@ -805,6 +833,33 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_key_pair_keeps_only_the_annotations_the_operator_reads() {
+        let spec = serde_json::from_value(serde_json::json!({
+            "providerRef": {"name": "tw"},
+            "validityDays": 30
+        }))
+        .expect("spec");
+        let mut akp = ApiKeyPair::new("web", spec);
+        let rotate = (ROTATE_ANNOTATION.to_owned(), "1".to_owned());
+        let tracking = ("argocd.argoproj.io/tracking-id".to_owned(), "x".to_owned());
+        akp.metadata.annotations = Some([rotate.clone(), tracking].into());
+        akp.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+        let cached = cached_key_pair(akp.clone());
+        assert_eq!(cached.metadata.annotations, Some([rotate].into()));
+        assert_eq!(cached.metadata.labels, None);
+        assert_eq!(cached.spec, akp.spec);
+
+        let mut retagged = akp.clone();
+        retagged
+            .annotations_mut()
+            .insert("argocd.argoproj.io/tracking-id".into(), "y".into());
+        let (before, after) = (cached_key_pair(akp), cached_key_pair(retagged.clone()));
+        assert_eq!(user_changes(&before), user_changes(&after), "no reconcile");
+        retagged.annotations_mut().remove(ROTATE_ANNOTATION);
+        assert!(cached_key_pair(retagged).metadata.annotations.is_none());
+    }
 
     #[test]
     fn backoff_grows_exponentially_with_jitter_and_a_cap() {

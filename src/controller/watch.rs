@@ -40,11 +40,33 @@ where
         + Sync
         + 'static,
 {
+    scoped_as(client, scope, config, store, slimmed::<K>)
+}
+
+/// [`scoped`], with each object turned into what the store keeps (`cached`) as it arrives,
+/// before namespaces are merged: the full object is never held longer than its event.
+pub fn scoped_as<K, T>(
+    client: &Client,
+    scope: &Scope,
+    config: &watcher::Config,
+    store: Store<T>,
+    cached: fn(K) -> T,
+) -> Events<T>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    T: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
     let (client, config) = (client.clone(), config.clone());
     scoped_with(scope, store, move |namespace| {
-        watcher::watcher(api(&client, namespace), config.clone())
+        watcher::watcher(api::<K>(&client, namespace), config.clone())
             .default_backoff()
-            .map(|event| event.map(|e| e.map_objects(slimmed)))
+            .map(move |event| event.map(|e| e.map_objects(cached)))
             .boxed()
     })
 }
@@ -72,16 +94,17 @@ pub fn slimmed<K: Resource>(mut object: K) -> K {
 /// Lets a watch event's objects be rewritten before they are cached.
 pub trait MapObjects<K> {
     /// The same event with `f` applied to each object it carries.
-    fn map_objects(self, f: impl Fn(K) -> K) -> Self;
+    fn map_objects<T>(self, f: impl Fn(K) -> T) -> Event<T>;
 }
 
 impl<K> MapObjects<K> for Event<K> {
-    fn map_objects(self, f: impl Fn(K) -> K) -> Self {
+    fn map_objects<T>(self, f: impl Fn(K) -> T) -> Event<T> {
         match self {
             Event::Apply(o) => Event::Apply(f(o)),
             Event::InitApply(o) => Event::InitApply(f(o)),
             Event::Delete(o) => Event::Delete(f(o)),
-            other => other,
+            Event::Init => Event::Init,
+            Event::InitDone => Event::InitDone,
         }
     }
 }
