@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PartialObjectMeta};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use secrecy::SecretString;
 
-use super::watch::{self, MapObjects};
+use super::watch;
 use super::{Error, Scope, secret};
 use crate::crd::{ApiKeyPair, SecretKeyRef};
 
@@ -144,9 +144,7 @@ pub fn watch(
 ) -> impl Stream<Item = Result<watcher::Event<SecretVersion>, watcher::Error>> + Send + 'static {
     let not_owned = secret::MANAGED_SELECTOR.replacen('=', "!=", 1);
     let config = watcher::Config::default().labels(&not_owned);
-    watch::scoped::<SecretVersion>(client, scope, &config, store)
-        .map(|event| event.map(|e| e.map_objects(strip)))
-        .boxed()
+    watch::scoped(client, scope, &config, store, strip)
 }
 
 /// A Secret by namespace and name.

@@ -498,18 +498,17 @@ fn key_pair_controller(
     // The operator's own Secret writes do not wake the key pair (it goes on from what it
     // wrote); a Secret edited or deleted by someone else does.
     let cached: fn(Secret) -> secret::CachedSecret = secret::CachedSecret::from;
-    let secret_stream =
-        watch::scoped_as(client, scope, &owned_secrets, secret_store.clone(), cached)
-            .reflect(secret_writer)
-            .try_filter_map(|event| async move {
-                Ok(match event {
-                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
-                        (!s.is_as_written()).then_some(s)
-                    }
-                    watcher::Event::Delete(s) => Some(s),
-                    watcher::Event::Init | watcher::Event::InitDone => None,
-                })
-            });
+    let secret_stream = watch::scoped(client, scope, &owned_secrets, secret_store.clone(), cached)
+        .reflect(secret_writer)
+        .try_filter_map(|event| async move {
+            Ok(match event {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                    (!s.is_as_written()).then_some(s)
+                }
+                watcher::Event::Delete(s) => Some(s),
+                watcher::Event::Init | watcher::Event::InitDone => None,
+            })
+        });
     let (key_pair_store, key_pair_writer) = reflector::store();
     let mut key_pairs = watcher::Config::default();
     if let Some(selector) = &shared.shard_selector {
@@ -520,7 +519,7 @@ fn key_pair_controller(
     // back-off would never apply.
     let code_readers = Arc::new(code_secrets::CodeReaders::default());
     let index = code_readers.clone();
-    let key_pair_stream = watch::scoped_as(
+    let key_pair_stream = watch::scoped(
         client,
         scope,
         &key_pairs,
@@ -748,7 +747,7 @@ pub async fn run(
     let all = watcher::Config::default();
     let metrics = options.metrics.clone();
     let namespaced = provider_watch(
-        |store| watch::scoped(&client, &scope, &all, store),
+        |store| watch::scoped(&client, &scope, &all, store, watch::slimmed),
         ProviderRefKind::KeyPairProvider,
         metrics.clone(),
     );

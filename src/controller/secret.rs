@@ -773,7 +773,8 @@ mod tests {
             s.annotations_mut().insert("reloader".into(), "y".into());
         });
         assert!(is_up_to_date(&others_added, &desired), "others' entries");
-        let edits: [(&str, &dyn Fn(&mut Secret)); 6] = [
+        type Edit<'a> = (&'a str, &'a dyn Fn(&mut Secret));
+        let edits: [Edit; 6] = [
             ("label removed", &|s| drop(s.labels_mut().remove("team"))),
             ("label changed", &|s| {
                 drop(s.labels_mut().insert("team".into(), "b".into()))

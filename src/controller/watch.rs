@@ -23,29 +23,11 @@ use serde::de::DeserializeOwned;
 use super::Scope;
 
 /// A watch of `K` over `scope`: one cluster watch, one namespace watch, or merged
-/// namespace watches. `store` is the store the stream is reflected into (it supplies the
-/// object of a `Delete` found by a relist).
-pub fn scoped<K>(
-    client: &Client,
-    scope: &Scope,
-    config: &watcher::Config,
-    store: Store<K>,
-) -> Events<K>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    scoped_as(client, scope, config, store, slimmed::<K>)
-}
-
-/// [`scoped`], with each object turned into what the store keeps (`cached`) as it arrives,
-/// before namespaces are merged: the full object is never held longer than its event.
-pub fn scoped_as<K, T>(
+/// namespace watches. Each object is turned into what the store keeps (`cached`, e.g.
+/// [`slimmed`]) as it arrives, before namespaces are merged, so the full object is never
+/// held longer than its event. `store` is the store the stream is reflected into (it
+/// supplies the object of a `Delete` found by a relist).
+pub fn scoped<K, T>(
     client: &Client,
     scope: &Scope,
     config: &watcher::Config,
