@@ -569,7 +569,7 @@ fn akp(template: SecretTemplate, name: &str) -> ApiKeyPair {
         "providerRef": {"name": "p"}, "validityDays": 30
     }))
     .expect("spec");
-    spec.secret_template = Some(template);
+    spec.secret_template = Some(Box::new(template));
     let mut akp = ApiKeyPair::new(name, spec);
     akp.metadata.namespace = Some("apps".into());
     akp.metadata.uid = Some("uid-1".into());

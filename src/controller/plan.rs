@@ -1869,10 +1869,10 @@ mod tests {
         assert_eq!(due(&status, Some("a")), None, "once per value");
         status.renewal_time = Some((now - ChronoDuration::seconds(1)).to_rfc3339());
         assert_eq!(due(&status, Some("a")), Some(RotationCause::Renewal));
-        status.previous_key = Some(PreviousKey {
+        status.previous_key = Some(Box::new(PreviousKey {
             key_id: "old".into(),
             delete_after: now.to_rfc3339(),
-        });
+        }));
         assert_eq!(due(&status, None), None, "not again within a grace period");
         status.previous_key = None;
         status.validity_days = Some(60);

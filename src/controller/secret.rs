@@ -600,7 +600,7 @@ mod tests {
             "validityDays": 30
         }))
         .expect("spec");
-        spec.secret_template = template;
+        spec.secret_template = template.map(Box::new);
         let mut akp = ApiKeyPair::new("web", spec);
         akp.metadata.namespace = Some("apps".into());
         akp.metadata.uid = Some("uid-1".into());

@@ -151,7 +151,7 @@ impl KeyState {
                 previous: key,
             });
         }
-        let replacement = status.pending_key.as_ref().map(replacement).transpose()?;
+        let replacement = status.pending_key.as_deref().map(replacement).transpose()?;
         match (key, replacement) {
             (None, None) => Ok(KeyState::Empty),
             (None, Some(_)) => Err(InconsistentStatus(
@@ -334,7 +334,7 @@ mod tests {
     #[test]
     fn an_attempt_is_creating_with_its_previous_key() {
         let mut status = keyed(Some(true));
-        status.pending_create = Some(intent(CreatePurpose::Replace));
+        status.pending_create = Some(Box::new(intent(CreatePurpose::Replace)));
         let state = KeyState::parse(&status, ProviderKind::Threatwinds).unwrap();
         let KeyState::Creating { intent, previous } = state else {
             panic!("not creating");
@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn a_replacement_is_parsed_with_its_stage() {
         let mut status = keyed(Some(true));
-        status.pending_key = Some(pending_key(ReplacementStage::VerificationCode));
+        status.pending_key = Some(Box::new(pending_key(ReplacementStage::VerificationCode)));
         let state = KeyState::parse(&status, ProviderKind::Threatwinds).unwrap();
         let KeyState::Active {
             replacement: Some(r),
@@ -362,16 +362,16 @@ mod tests {
     #[test]
     fn contradictions_are_errors_not_guesses() {
         let replace_nothing = ApiKeyPairStatus {
-            pending_create: Some(intent(CreatePurpose::Replace)),
+            pending_create: Some(Box::new(intent(CreatePurpose::Replace))),
             ..Default::default()
         };
         let orphan_replacement = ApiKeyPairStatus {
-            pending_key: Some(pending_key(ReplacementStage::Promotion)),
+            pending_key: Some(Box::new(pending_key(ReplacementStage::Promotion))),
             ..Default::default()
         };
         let mut both = keyed(Some(true));
-        both.pending_create = Some(intent(CreatePurpose::Replace));
-        both.pending_key = Some(pending_key(ReplacementStage::VerificationCode));
+        both.pending_create = Some(Box::new(intent(CreatePurpose::Replace)));
+        both.pending_key = Some(Box::new(pending_key(ReplacementStage::VerificationCode)));
         let half = ApiKeyPairStatus {
             key_id: Some("k".into()),
             ..Default::default()
@@ -379,7 +379,7 @@ mod tests {
         let mut bad_time = ApiKeyPairStatus::default();
         let mut i = intent(CreatePurpose::Initial);
         i.started_at = "yesterday".into();
-        bad_time.pending_create = Some(i);
+        bad_time.pending_create = Some(Box::new(i));
         for status in [replace_nothing, orphan_replacement, both, half, bad_time] {
             let parsed = KeyState::parse(&status, ProviderKind::Threatwinds);
             assert!(parsed.is_err(), "{status:?} parsed as {parsed:?}");
@@ -392,7 +392,7 @@ mod tests {
         let parsed: PendingCreate = serde_json::from_value(bad).expect("decodes");
         assert_eq!(parsed.purpose, CreatePurpose::Unknown);
         let status = ApiKeyPairStatus {
-            pending_create: Some(parsed),
+            pending_create: Some(Box::new(parsed)),
             ..Default::default()
         };
         assert!(KeyState::parse(&status, ProviderKind::Datonis).is_err());

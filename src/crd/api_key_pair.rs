@@ -91,7 +91,7 @@ pub struct ApiKeyPairSpec {
 
     /// Labels, annotations and data key names of the generated Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_template: Option<SecretTemplate>,
+    pub secret_template: Option<Box<SecretTemplate>>,
 
     /// Where to find the verification code the provider emailed (ThreatWinds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,12 +402,12 @@ pub struct ApiKeyPairStatus {
     /// An in-flight create attempt: recorded before the remote call so that the next
     /// reconcile can find (and clean up or adopt) whatever that attempt created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_create: Option<PendingCreate>,
+    pub pending_create: Option<Box<PendingCreate>>,
 
     /// A replacement key pair that is created but not yet in use (ThreatWinds keys wait for
     /// verification while the current key keeps serving).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_key: Option<PendingKey>,
+    pub pending_key: Option<Box<PendingKey>>,
 
     /// Fingerprint of the last verification code submitted, so each code is sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,7 +445,7 @@ pub struct ApiKeyPairStatus {
 
     /// The key pair a rotation replaced, valid until `deleteAfter` so consumers can move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_key: Option<PreviousKey>,
+    pub previous_key: Option<Box<PreviousKey>>,
 
     /// Key id whose arrival in the Secret the `rolloutRestartTargets` were restarted for.
     #[serde(

@@ -110,7 +110,7 @@ impl Run<'_> {
         });
         let started_at = self.timing.now;
         self.status.create_attempts = Some(attempt);
-        self.status.pending_create = Some(PendingCreate {
+        self.status.pending_create = Some(Box::new(PendingCreate {
             attempt,
             remote_name: remote_name.clone(),
             started_at: rfc3339(started_at),
@@ -118,7 +118,7 @@ impl Run<'_> {
             rotation_request: self.rotation_request.take(),
             role_key: self.akp.spec.datonis.as_ref().map(|d| d.role_key.clone()),
             validity_days: Some(self.akp.spec.validity_days),
-        });
+        }));
         self.status.provider_ref = Some(self.akp.spec.provider_ref.clone());
         if purpose != CreatePurpose::Replace {
             let message = format!("creating the key pair (attempt {attempt})");
@@ -164,14 +164,14 @@ impl Run<'_> {
         key: &RemoteKeyPair,
         verification_code_id: Option<String>,
     ) {
-        self.status.pending_key = Some(PendingKey {
+        self.status.pending_key = Some(Box::new(PendingKey {
             key_id: key.key_id.clone(),
             api_key: Some(key.api_key.clone()),
             key_name: key.name.clone(),
             expire_at: key.expire_at.map(rfc3339),
             verification_code_id,
             waiting_for: ReplacementStage::VerificationCode,
-        });
+        }));
         self.status.submitted_code_hash = None;
     }
 

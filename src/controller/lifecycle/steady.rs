@@ -154,10 +154,10 @@ impl Run<'_> {
     /// retires it exactly once).
     pub(super) fn retire_later(&mut self, key_id: &str) -> Result<(), Error> {
         let grace = plan::grace_period(self.akp).map_err(Error::InvalidSpec)?;
-        self.status.previous_key = Some(PreviousKey {
+        self.status.previous_key = Some(Box::new(PreviousKey {
             key_id: key_id.to_owned(),
             delete_after: rfc3339(self.timing.now + grace),
-        });
+        }));
         Ok(())
     }
 
