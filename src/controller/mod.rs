@@ -463,12 +463,9 @@ const OPERATOR_ANNOTATION_PREFIX: &str = "keypairs.dev/";
 fn cached_key_pair(akp: ApiKeyPair) -> ApiKeyPair {
     let mut akp = watch::slimmed(akp);
     akp.metadata.labels = None;
-    if let Some(annotations) = &mut akp.metadata.annotations {
-        annotations.retain(|key, _| key.starts_with(OPERATOR_ANNOTATION_PREFIX));
-        if annotations.is_empty() {
-            akp.metadata.annotations = None;
-        }
-    }
+    watch::retain_annotations(&mut akp.metadata, |key| {
+        key.starts_with(OPERATOR_ANNOTATION_PREFIX)
+    });
     akp
 }
 

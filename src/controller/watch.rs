@@ -13,7 +13,7 @@ use std::fmt::Debug;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
@@ -48,7 +48,7 @@ where
     scoped_with(scope, store, move |namespace| {
         watcher::watcher(api::<K>(&client, namespace), config.clone())
             .default_backoff()
-            .map(move |event| event.map(|e| e.map_objects(cached)))
+            .map(move |event| event.map(|e| map_objects(e, cached)))
             .boxed()
     })
 }
@@ -64,30 +64,28 @@ pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-co
 pub fn slimmed<K: Resource>(mut object: K) -> K {
     let meta = object.meta_mut();
     meta.managed_fields = None;
+    retain_annotations(meta, |key| key != LAST_APPLIED_ANNOTATION);
+    object
+}
+
+/// Keeps the annotations whose key `keep` accepts; no map at all when none is left.
+pub fn retain_annotations(meta: &mut ObjectMeta, keep: impl Fn(&str) -> bool) {
     if let Some(annotations) = &mut meta.annotations {
-        annotations.remove(LAST_APPLIED_ANNOTATION);
+        annotations.retain(|key, _| keep(key));
         if annotations.is_empty() {
             meta.annotations = None;
         }
     }
-    object
 }
 
-/// Lets a watch event's objects be rewritten before they are cached.
-pub trait MapObjects<K> {
-    /// The same event with `f` applied to each object it carries.
-    fn map_objects<T>(self, f: impl Fn(K) -> T) -> Event<T>;
-}
-
-impl<K> MapObjects<K> for Event<K> {
-    fn map_objects<T>(self, f: impl Fn(K) -> T) -> Event<T> {
-        match self {
-            Event::Apply(o) => Event::Apply(f(o)),
-            Event::InitApply(o) => Event::InitApply(f(o)),
-            Event::Delete(o) => Event::Delete(f(o)),
-            Event::Init => Event::Init,
-            Event::InitDone => Event::InitDone,
-        }
+/// The same event with `f` applied to each object it carries (what the store keeps of it).
+fn map_objects<K, T>(event: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
+    match event {
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::InitApply(o) => Event::InitApply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
     }
 }
 
