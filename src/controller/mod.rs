@@ -9,6 +9,7 @@
 //! status, and this module holds the shared [`Context`], the error type and the wiring.
 
 pub mod code_secrets;
+pub mod decode;
 pub mod key_pair;
 pub mod lifecycle;
 pub mod plan;

@@ -21,9 +21,11 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::Scope;
+use super::decode::WithoutManagedFields;
 
 /// A watch of `K` over `scope`: one cluster watch, one namespace watch, or merged
-/// namespace watches. Each object is turned into what the store keeps (`cached`, e.g.
+/// namespace watches. Each object is decoded without its `managedFields` (see
+/// [`WithoutManagedFields`]) and turned into what the store keeps (`cached`, e.g.
 /// [`slimmed`]) as it arrives, before namespaces are merged, so the full object is never
 /// held longer than its event. `store` is the store the stream is reflected into (it
 /// supplies the object of a `Delete` found by a relist).
@@ -46,9 +48,10 @@ where
 {
     let (client, config) = (client.clone(), config.clone());
     scoped_with(scope, store, move |namespace| {
-        watcher::watcher(api::<K>(&client, namespace), config.clone())
+        let api = api::<WithoutManagedFields<K>>(&client, namespace);
+        watcher::watcher(api, config.clone())
             .default_backoff()
-            .map(move |event| event.map(|e| map_objects(e, cached)))
+            .map(move |event| event.map(|e| map_objects(e, |object| cached(object.0))))
             .boxed()
     })
 }
