@@ -82,6 +82,16 @@ struct Filtered<D> {
     level: Level,
 }
 
+impl<D> Filtered<D> {
+    /// `visitor`, given filtered maps at this level.
+    fn filtering<V>(&self, visitor: V) -> FilteredVisitor<V> {
+        FilteredVisitor {
+            inner: visitor,
+            level: self.level,
+        }
+    }
+}
+
 /// Passes each method to the inner decoder as it is.
 macro_rules! unchanged {
     ($($method:ident($($arg:ident: $ty:ty),*);)*) => {
@@ -102,27 +112,18 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Filtered<D> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, D::Error> {
-        let visitor = FilteredVisitor {
-            inner: visitor,
-            level: self.level,
-        };
+        let visitor = self.filtering(visitor);
         self.inner.deserialize_struct(name, fields, visitor)
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        let visitor = FilteredVisitor {
-            inner: visitor,
-            level: self.level,
-        };
+        let visitor = self.filtering(visitor);
         self.inner.deserialize_map(visitor)
     }
 
     // k8s-openapi's types read their metadata as an `Option<ObjectMeta>`.
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
-        let visitor = FilteredVisitor {
-            inner: visitor,
-            level: self.level,
-        };
+        let visitor = self.filtering(visitor);
         self.inner.deserialize_option(visitor)
     }
 

@@ -60,7 +60,8 @@ where
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// The object as it is cached, without what nothing here reads and what at scale is a
-/// large part of each cached object: `managedFields`, and the `kubectl apply` copy of the
+/// large part of each cached object: `managedFields` (which [`scoped`] watches already
+/// skip when they decode), and the `kubectl apply` copy of the
 /// object (as large as the spec again). The operator's own Secrets are written by
 /// server-side apply and never carry that annotation; an `ApiKeyPair`'s annotations are
 /// read only for the operator's own `keypairs.dev/*` requests.
