@@ -35,9 +35,9 @@ use kube::runtime::watcher::ListSemantic;
 use serde_json::json;
 
 use support::{
-    KUBE, PROVIDER, Report, Setup, apiserver_cpu_seconds, create_key_pairs, knob, kube_by_verb,
-    percentile, proc_status, provider_setup, rss_anon_mb, rss_mb, sandbox_calls, scrape,
-    wait_all_ready, wait_ready_endpoint,
+    KUBE, PROVIDER, Report, Setup, apiserver_cpu_seconds, create_key_pairs, delete_namespace, knob,
+    kube_by_verb, percentile, proc_status, provider_setup, rss_anon_mb, rss_mb, sandbox_calls,
+    scrape, wait_all_ready, wait_ready_endpoint,
 };
 
 /// The apiserver's own create ceiling: `clients` writers creating ~1 KB ConfigMaps.
@@ -246,7 +246,7 @@ async fn idle_checks(report: &mut Report, setup: &Setup, keys: usize) {
     let interval = (secs / 3).max(5);
     // Without the provider controllers: their cost is per provider (and per
     // ClusterKeyPairProvider anywhere in the cluster), not per key check.
-    let operator = common::Operator::start(
+    let mut operator = common::Operator::start(
         &setup.ns,
         &[
             "--check-interval",
@@ -265,6 +265,7 @@ async fn idle_checks(report: &mut Report, setup: &Setup, keys: usize) {
     let before = scrape(&operator).await;
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let after = scrape(&operator).await;
+    operator.stop().await;
     let checks = (common::metric_total(&after, PROVIDER, &[])
         - common::metric_total(&before, PROVIDER, &[]))
     .max(1.0);
@@ -440,7 +441,7 @@ async fn rate_limited(client: &Client, report: &mut Report, declared: bool) {
         )
         .await;
     }
-    let operator = common::Operator::start(&setup.ns, &["--concurrency", "32"], &[]).await;
+    let mut operator = common::Operator::start(&setup.ns, &["--concurrency", "32"], &[]).await;
     wait_ready_endpoint(&operator, Duration::from_secs(60)).await;
     let count = (rate as usize * 15).max(50);
     let before = setup.sandbox.stats().await;
@@ -456,6 +457,8 @@ async fn rate_limited(client: &Client, report: &mut Report, declared: bool) {
     .await;
     let secs = started.elapsed().as_secs_f64();
     let after = setup.sandbox.stats().await;
+    operator.stop().await;
+    delete_namespace(client, &setup.ns).await;
     let sent = sandbox_calls(&after) - sandbox_calls(&before);
     let refused = refusals(&after) - refusals(&before);
     let how = if declared { "declared" } else { "undeclared" };
@@ -487,6 +490,19 @@ async fn rate_limited(client: &Client, report: &mut Report, declared: bool) {
     );
 }
 
+/// Deletes the ConfigMaps C was measured with, and their namespace.
+async fn delete_ceiling_namespace(client: &Client, ns: &str) {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let every = kube::api::ListParams::default();
+    if let Err(e) = config_maps
+        .delete_collection(&Default::default(), &every)
+        .await
+    {
+        eprintln!("delete the ConfigMaps of {ns}: {e}");
+    }
+    delete_namespace(client, ns).await;
+}
+
 fn refusals(stats: &serde_json::Value) -> f64 {
     stats
         .as_object()
@@ -514,6 +530,7 @@ async fn main() {
     let clients = knob("BENCH_CLIENTS", 16) as usize;
     let ceiling_ns = common::test_namespace(&client, "bench-ceiling").await;
     let (ceiling, ceiling_cpu) = create_ceiling(&client, &ceiling_ns, n.max(500), clients).await;
+    delete_ceiling_namespace(&client, &ceiling_ns).await;
     report.add("C: apiserver create ceiling (1 KB objects)", ceiling, "/s");
     report.add(
         "apiserver CPU per 1 KB ConfigMap create (C's phase)",
@@ -521,12 +538,16 @@ async fn main() {
         "ms",
     );
     eprintln!("C = {ceiling:.1}/s; creating {n} ThreatWinds keys");
-    let (_tw, mut tw_operator) = creates(&client, &mut report, true, ceiling).await;
+    let (tw, mut tw_operator) = creates(&client, &mut report, true, ceiling).await;
     tw_operator.stop().await;
+    // Each phase's objects go once it is measured: left behind, every later list the API
+    // server serves (and a control plane reused for another run) pays for them.
+    delete_namespace(&client, &tw.ns).await;
     eprintln!("creating {n} Datonis keys");
     let (dt, mut dt_operator) = creates(&client, &mut report, false, ceiling).await;
     if std::env::var_os("BENCH_BURSTS_ONLY").is_some() {
         dt_operator.stop().await;
+        delete_namespace(&client, &dt.ns).await;
         report.print();
         return;
     }
@@ -538,6 +559,7 @@ async fn main() {
     dt_operator.stop().await;
     eprintln!("idle window");
     idle_checks(&mut report, &dt, n).await;
+    delete_namespace(&client, &dt.ns).await;
     eprintln!("rate limit");
     rate_limited(&client, &mut report, true).await;
     rate_limited(&client, &mut report, false).await;
