@@ -332,8 +332,8 @@ async fn restart(
         "<=",
         5.0,
     );
-    // A restart lists every object at once: the most the operator held meanwhile, and what
-    // it holds once the window is over.
+    // A restart lists every object again (in pages): the most the operator held meanwhile,
+    // and what it holds once the window is over.
     report.add(
         format!("restart at {keys} keys: peak RSS"),
         proc_status(operator, "VmHWM") / 1024.0,
