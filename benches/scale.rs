@@ -62,12 +62,29 @@ async fn create_ceiling(client: &Client, ns: &str, count: usize, clients: usize)
     (count as f64 / started.elapsed().as_secs_f64(), cpu)
 }
 
+/// The apiserver's create ceiling for the `ApiKeyPair` custom resource itself, with no
+/// operator running: `clients` writers creating `count` key pairs. Every key needs its
+/// user's create, so no operator brings keys to Ready faster than this.
+async fn key_pair_create_ceiling(client: &Client, count: usize, clients: usize) -> (f64, f64) {
+    let ns = common::test_namespace(client, "bench-kp-ceiling").await;
+    let spec = |_: &str| json!({"providerRef": {"kind": "KeyPairProvider", "name": "none"}});
+    let cpu_before = apiserver_cpu_seconds();
+    let started = Instant::now();
+    let created = create_key_pairs(client, &ns, count, clients, &spec)
+        .await
+        .len();
+    let rate = created as f64 / started.elapsed().as_secs_f64();
+    let cpu = (apiserver_cpu_seconds() - cpu_before) / created.max(1) as f64;
+    delete_namespace(client, &ns).await;
+    (rate, cpu)
+}
+
 /// Creates N keys at one provider and reports throughput, latency and requests per object.
 async fn creates(
     client: &Client,
     report: &mut Report,
     threatwinds: bool,
-    ceiling: f64,
+    (ceiling, key_pair_ceiling): (f64, f64),
 ) -> (Setup, common::Operator) {
     let (n, clients) = (
         knob("BENCH_N", 1000) as usize,
@@ -95,8 +112,10 @@ async fn creates(
     let (latencies, last) = wait_all_ready(client, &setup.ns, &applied, setup.ready, timeout).await;
     let rate = latencies.len() as f64 / (last - started).as_secs_f64();
     let cpu = (apiserver_cpu_seconds() - cpu_before) / n as f64;
-    // Let the follow-up reconciles of the last keys finish before counting.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the follow-up reconciles of the last keys finish before counting, and the
+    // operator give its free heap pages back once since (as it does every interval).
+    let settle = Duration::from_secs(1) + keypair_operator::memory::TRIM_INTERVAL;
+    tokio::time::sleep(settle.max(Duration::from_secs(5))).await;
     let after = scrape(&operator).await;
     let per_object = |m: &str| {
         (common::metric_total(&after, m, &[]) - common::metric_total(&before, m, &[])) / n as f64
@@ -118,6 +137,11 @@ async fn creates(
         0.8 * ceiling / 5.0,
     );
     report.add(format!("{kind} to-Ready rate / C"), rate / ceiling, "ratio");
+    report.add(
+        format!("{kind} to-Ready rate / C for ApiKeyPairs"),
+        rate / key_pair_ceiling,
+        "ratio",
+    );
     // The API server's CPU per created object (the user's create and the operator's
     // requests), to set beside what one 1 KB ConfigMap create costs it (C's phase).
     report.add(
@@ -305,10 +329,8 @@ async fn restart(
             .as_secs_f64(),
         "s",
     );
-    // What a restart would take if the operator listed from the API server's watch cache.
-    // On this API server (1.20) only an unpaged list (`resourceVersion=0`, no limit) is
-    // served from it (kube sends no `resourceVersion=0` with a limit), so it arrives as
-    // one response: fast, but every object decoded at once (see the README).
+    // How the operator lists them: from the API server's watch cache, which serves only
+    // an unpaged list (`resourceVersion=0`, no limit), one response decoded at once.
     report.add(
         format!("restart: one unpaged list of the {keys} ApiKeyPairs from the watch cache alone"),
         list_time(client, &setup.ns, ListSemantic::Any)
@@ -332,8 +354,9 @@ async fn restart(
         "<=",
         5.0,
     );
-    // A restart lists every object again (in pages): the most the operator held meanwhile,
-    // and what it holds once the window is over.
+    // A restart lists every object again (the key pairs in one response, the Secrets in
+    // pages): the most the operator held meanwhile, and what it holds once the window is
+    // over.
     report.add(
         format!("restart at {keys} keys: peak RSS"),
         proc_status(operator, "VmHWM") / 1024.0,
@@ -371,8 +394,8 @@ async fn restart(
 }
 
 /// How long listing every `ApiKeyPair` in `ns` takes: `MostRecent` in pages of 500 from
-/// etcd, as the operator's watches list (the part of a restart the API server sets);
-/// `Any` unpaged from the API server's watch cache.
+/// etcd (as the operator's watches list Secrets, and listed key pairs before); `Any`
+/// unpaged from the API server's watch cache, as its key-pair watch lists.
 async fn list_time(client: &Client, ns: &str, semantic: ListSemantic) -> Duration {
     let api: Api<ApiKeyPair> = Api::namespaced(client.clone(), ns);
     let started = Instant::now();
@@ -537,14 +560,27 @@ async fn main() {
         ceiling_cpu * 1000.0,
         "ms",
     );
+    let (key_pair_ceiling, key_pair_cpu) =
+        key_pair_create_ceiling(&client, n.max(500), clients).await;
+    report.add(
+        "C for ApiKeyPairs: their own create ceiling (no operator)",
+        key_pair_ceiling,
+        "/s",
+    );
+    report.add(
+        "apiserver CPU per ApiKeyPair create (no operator)",
+        key_pair_cpu * 1000.0,
+        "ms",
+    );
+    let ceilings = (ceiling, key_pair_ceiling);
     eprintln!("C = {ceiling:.1}/s; creating {n} ThreatWinds keys");
-    let (tw, mut tw_operator) = creates(&client, &mut report, true, ceiling).await;
+    let (tw, mut tw_operator) = creates(&client, &mut report, true, ceilings).await;
     tw_operator.stop().await;
     // Each phase's objects go once it is measured: left behind, every later list the API
     // server serves (and a control plane reused for another run) pays for them.
     delete_namespace(&client, &tw.ns).await;
     eprintln!("creating {n} Datonis keys");
-    let (dt, mut dt_operator) = creates(&client, &mut report, false, ceiling).await;
+    let (dt, mut dt_operator) = creates(&client, &mut report, false, ceilings).await;
     if std::env::var_os("BENCH_BURSTS_ONLY").is_some() {
         dt_operator.stop().await;
         delete_namespace(&client, &dt.ns).await;

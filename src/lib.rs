@@ -14,11 +14,13 @@
 //! - [`sandbox`]: sandbox provider servers that behave as the providers' docs say (cargo
 //!   feature `sandbox`, on by default, off in the production image).
 //! - [`telemetry`]: logging set-up.
+//! - [`memory`]: gives the heap's free pages back to the OS (glibc builds).
 
 pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod memory;
 pub mod plugin;
 pub mod provider;
 #[cfg(feature = "sandbox")]

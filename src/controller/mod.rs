@@ -508,7 +508,7 @@ fn key_pair_controller(
             })
         });
     let (key_pair_store, key_pair_writer) = reflector::store();
-    let mut key_pairs = watcher::Config::default();
+    let mut key_pairs = watch::from_watch_cache(watcher::Config::default());
     if let Some(selector) = &shared.shard_selector {
         key_pairs = key_pairs.labels(selector);
     }

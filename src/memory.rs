@@ -1,0 +1,74 @@
+//! Gives the heap's free pages back to the operating system, on builds that use glibc's
+//! allocator.
+//!
+//! glibc keeps memory freed by the program inside its heaps (one per thread that
+//! allocates, up to 8 per core) and returns it only from the top of each heap. A burst of
+//! reconciles or a relist frees many buffers between long-lived cached objects, so their
+//! pages stay resident though nothing uses them: after a restart at 10k keys that listed
+//! everything at once, 93 MB resident without trimming, 80 MB with it. `malloc_trim`
+//! releases every whole free page inside the heaps too. musl's allocator (the production
+//! image) returns freed memory by itself, so there this is a no-op.
+
+use std::time::Duration;
+
+/// How often the free pages go back.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Gives the free pages back every [`TRIM_INTERVAL`] for as long as the runtime runs.
+pub fn spawn_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(TRIM_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // It walks every heap under its lock: not on a worker thread.
+            let _ = tokio::task::spawn_blocking(trim).await;
+        }
+    });
+}
+
+/// Gives the free pages of every heap back; true if any were.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim() -> bool {
+    // SAFETY: malloc_trim only walks glibc's own heap bookkeeping, under its locks; it
+    // reads nothing of ours.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    /// Resident pages of this process, in KiB.
+    fn resident_kib() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("resident pages");
+        pages * 4
+    }
+
+    #[test]
+    fn free_pages_between_live_objects_go_back_to_the_os() {
+        // 40 MB of 4 KB blocks (each from the heap, not mmap), then all but every 16th
+        // freed: the heap cannot shrink from its top, since a block near it stays live.
+        let mut blocks: Vec<Option<Box<[u8; 4096]>>> =
+            (0..10_000).map(|_| Some(Box::new([1u8; 4096]))).collect();
+        for (i, block) in blocks.iter_mut().enumerate() {
+            if i % 16 != 15 {
+                *block = None;
+            }
+        }
+        let before = resident_kib();
+        assert!(trim(), "nothing was given back");
+        let after = resident_kib();
+        assert!(
+            after + 20 * 1024 < before,
+            "resident {before} KiB before the trim, {after} KiB after"
+        );
+        drop(blocks);
+    }
+}
