@@ -2,8 +2,10 @@
 //! Prints one table (each figure against its goal) and one JSON line.
 //!
 //! Figures: the apiserver's own create ceiling C for ~1 KB objects (the physical limit
-//! here); for each provider, throughput to Ready for `BENCH_N` `ApiKeyPair`s and its ratio
-//! to C, p50/p99 apply→Ready, kube and provider requests per created object; RSS idle, at
+//! here); what each request of a created key costs the apiserver's CPU, with the
+//! `ApiKeyPair`s' own create ceiling and the floor per key those costs add up to; for
+//! each provider, throughput to Ready for `BENCH_N` `ApiKeyPair`s and its ratio to C,
+//! p50/p99 apply→Ready, kube and provider requests per created object; RSS idle, at
 //! N keys, and after `BENCH_UNRELATED` unrelated 100 KB Secrets; kube and provider requests
 //! per idle check during a `BENCH_IDLE_SECS` window with a short check interval; after a
 //! kill -9 and restart, the time to ready, writes and provider calls in the first
@@ -27,10 +29,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use keypair_operator::crd::ApiKeyPair;
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::ListSemantic;
 use serde_json::json;
 
@@ -40,43 +42,160 @@ use support::{
     scrape, wait_all_ready, wait_ready_endpoint,
 };
 
-/// The apiserver's own create ceiling: `clients` writers creating ~1 KB ConfigMaps.
-async fn create_ceiling(client: &Client, ns: &str, count: usize, clients: usize) -> (f64, f64) {
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let payload = "x".repeat(1000);
+/// Runs `request(i)` for i in 0..count, `clients` at a time: requests per second, and the
+/// API server's CPU seconds per request.
+async fn timed<F, Fut>(count: usize, clients: usize, request: F) -> (f64, f64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let cpu_before = apiserver_cpu_seconds();
     let started = Instant::now();
     futures::stream::iter(0..count)
-        .for_each_concurrent(clients, |i| {
-            let (api, payload) = (api.clone(), payload.clone());
-            async move {
-                let object: ConfigMap = serde_json::from_value(
-                    json!({"metadata": {"name": format!("c-{i}")}, "data": {"payload": payload}}),
-                )
-                .expect("configmap");
-                let _ = api.create(&PostParams::default(), &object).await;
-            }
-        })
+        .for_each_concurrent(clients, request)
         .await;
     let cpu = (apiserver_cpu_seconds() - cpu_before) / count as f64;
     (count as f64 / started.elapsed().as_secs_f64(), cpu)
 }
 
-/// The apiserver's create ceiling for the `ApiKeyPair` custom resource itself, with no
-/// operator running: `clients` writers creating `count` key pairs. Every key needs its
-/// user's create, so no operator brings keys to Ready faster than this.
-async fn key_pair_create_ceiling(client: &Client, count: usize, clients: usize) -> (f64, f64) {
+/// The apiserver's own create ceiling: `clients` writers creating ~1 KB ConfigMaps.
+async fn create_ceiling(client: &Client, ns: &str, count: usize, clients: usize) -> (f64, f64) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let payload = "x".repeat(1000);
+    timed(count, clients, |i| {
+        let (api, payload) = (api.clone(), payload.clone());
+        async move {
+            let object: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": format!("c-{i}")}, "data": {"payload": payload}}),
+            )
+            .expect("configmap");
+            let _ = api.create(&PostParams::default(), &object).await;
+        }
+    })
+    .await
+}
+
+/// A Ready Datonis key's status, as the operator writes it.
+fn ready_status(name: &str) -> serde_json::Value {
+    use keypair_operator::conditions::{READY, reason, status};
+    let ready = json!({"type": READY, "status": status::TRUE, "reason": reason::READY,
+        "observedGeneration": 1, "lastTransitionTime": "2026-12-01T00:00:00Z",
+        "message": format!("key pair {name} is at the provider and in its Secret")});
+    json!({"apiVersion": "keypairs.dev/v1alpha1", "kind": "ApiKeyPair", "status": {
+        "observedGeneration": 1,
+        "conditions": [ready],
+        "keyID": format!("{name}-0123456789abcdef"), "apiKey": format!("ak-{name}-0123456789"),
+        "keyName": name, "expireAt": "2027-01-01T00:00:00Z", "enabled": true,
+        "roleKey": "role", "validityDays": 30, "secretName": name,
+        "providerRef": {"kind": "KeyPairProvider", "name": "dt"},
+        "secretKeys": {"apiKey": "apiKey", "apiSecret": "apiSecret"},
+        "renewalTime": "2026-12-25T00:00:00Z"}})
+}
+
+/// What each request a created key costs the API server's CPU, with no operator running
+/// (so no watcher of these objects but the API server's own controllers), on `count`
+/// key pairs: the user's create, the finalizer, a status apply, the Secret's apply and
+/// the event. Every key needs its create, so the create rate is a ceiling no operator
+/// passes; and the sum, with the status applied twice as the operator does, is the API
+/// server's floor per created key. A refused request stops the bench (its cost would be
+/// a refusal's). Returns the create rate.
+async fn key_pair_request_costs(
+    client: &Client,
+    report: &mut Report,
+    count: usize,
+    clients: usize,
+) -> f64 {
     let ns = common::test_namespace(client, "bench-kp-ceiling").await;
-    let spec = |_: &str| json!({"providerRef": {"kind": "KeyPairProvider", "name": "none"}});
-    let cpu_before = apiserver_cpu_seconds();
+    let key_pairs: Api<ApiKeyPair> = Api::namespaced(client.clone(), &ns);
+    let (secrets, events) = (
+        Api::<Secret>::namespaced(client.clone(), &ns),
+        Api::<Event>::namespaced(client.clone(), &ns),
+    );
+    let apply = PatchParams::apply("bench").force();
+    let name = |i: usize| format!("k-{i}");
+    let spec = |_: &str| json!({"providerRef": {"kind": "KeyPairProvider", "name": "dt"}});
     let started = Instant::now();
+    let cpu_before = apiserver_cpu_seconds();
     let created = create_key_pairs(client, &ns, count, clients, &spec)
         .await
         .len();
+    let create = (apiserver_cpu_seconds() - cpu_before) / created.max(1) as f64;
     let rate = created as f64 / started.elapsed().as_secs_f64();
-    let cpu = (apiserver_cpu_seconds() - cpu_before) / created.max(1) as f64;
+    let finalizer = json!({"metadata": {"finalizers": ["keypairs.dev/cleanup"]}});
+    let (_, finalize) = timed(count, clients, |i| {
+        let (api, patch) = (key_pairs.clone(), &finalizer);
+        async move {
+            api.patch(&name(i), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .expect("finalizer patch");
+        }
+    })
+    .await;
+    let (_, status) = timed(count, clients, |i| {
+        let (api, apply) = (key_pairs.clone(), &apply);
+        async move {
+            let status = Patch::Apply(ready_status(&name(i)));
+            api.patch_status(&name(i), apply, &status)
+                .await
+                .expect("status apply");
+        }
+    })
+    .await;
+    let (_, secret) = timed(count, clients, |i| {
+        let (api, apply) = (secrets.clone(), &apply);
+        async move {
+            let secret = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name(i), "labels": {"app.kubernetes.io/managed-by": "bench"}},
+                "data": {"apiKey": "YWJj", "apiSecret": "ZGVm"}});
+            api.patch(&name(i), apply, &Patch::Apply(secret))
+                .await
+                .expect("Secret apply");
+        }
+    })
+    .await;
+    let (_, event) = timed(count, clients, |i| {
+        let (api, ns) = (events.clone(), &ns);
+        async move {
+            let event: Event = serde_json::from_value(json!({
+                "metadata": {"name": format!("e-{i}")}, "type": "Normal", "reason": "Created",
+                "message": "created the key pair",
+                "involvedObject": {"apiVersion": "keypairs.dev/v1alpha1", "kind": "ApiKeyPair",
+                    "name": name(i), "namespace": ns}}))
+            .expect("event");
+            api.create(&PostParams::default(), &event)
+                .await
+                .expect("event create");
+        }
+    })
+    .await;
     delete_namespace(client, &ns).await;
-    (rate, cpu)
+    report.add(
+        "C for ApiKeyPairs: their own create ceiling (no operator)",
+        rate,
+        "/s",
+    );
+    for (request, cpu) in [
+        ("ApiKeyPair create", create),
+        ("ApiKeyPair finalizer patch", finalize),
+        ("ApiKeyPair status apply (a Ready key's)", status),
+        ("Secret apply", secret),
+        ("Event create", event),
+    ] {
+        report.add(format!("apiserver CPU per {request}"), cpu * 1000.0, "ms");
+    }
+    let floor = create + finalize + 2.0 * status + secret + event;
+    report.add(
+        "apiserver CPU floor per created key (its requests, no watcher)",
+        floor * 1000.0,
+        "ms",
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    report.add(
+        "to-Ready bound from that floor (cores / floor)",
+        cores / floor,
+        "/s",
+    );
+    rate
 }
 
 /// Creates N keys at one provider and reports throughput, latency and requests per object.
@@ -560,18 +679,8 @@ async fn main() {
         ceiling_cpu * 1000.0,
         "ms",
     );
-    let (key_pair_ceiling, key_pair_cpu) =
-        key_pair_create_ceiling(&client, n.max(500), clients).await;
-    report.add(
-        "C for ApiKeyPairs: their own create ceiling (no operator)",
-        key_pair_ceiling,
-        "/s",
-    );
-    report.add(
-        "apiserver CPU per ApiKeyPair create (no operator)",
-        key_pair_cpu * 1000.0,
-        "ms",
-    );
+    let key_pair_ceiling =
+        key_pair_request_costs(&client, &mut report, n.clamp(500, 2000), clients).await;
     let ceilings = (ceiling, key_pair_ceiling);
     eprintln!("C = {ceiling:.1}/s; creating {n} ThreatWinds keys");
     let (tw, mut tw_operator) = creates(&client, &mut report, true, ceilings).await;
