@@ -8,8 +8,9 @@
 //! p50/p99 apply→Ready, kube and provider requests per created object; RSS idle, at
 //! N keys, and after `BENCH_UNRELATED` unrelated 100 KB Secrets; kube and provider requests
 //! per idle check during a `BENCH_IDLE_SECS` window with a short check interval; after a
-//! kill -9 and restart, the time to ready, writes and provider calls in the first
-//! `BENCH_RESTART_SECS`; and under a provider rate limit R, requests sent / R.
+//! kill -9 and restart, the time to ready, writes, and the provider calls in the first
+//! `BENCH_RESTART_SECS` beside those of the same window just before (each key is checked
+//! once per interval, restart or not; the goal holds what the restart adds); and under a provider rate limit R, requests sent / R.
 //!
 //! Knobs (environment): `BENCH_N` (default 1000), `BENCH_UNRELATED` (default 1000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_RESTART_SECS` (60), `BENCH_LATENCY_MS` (10),
@@ -233,8 +234,9 @@ async fn creates(
     let cpu = (apiserver_cpu_seconds() - cpu_before) / n as f64;
     // Let the follow-up reconciles of the last keys finish before counting, and the
     // operator give its free heap pages back once since (as it does every interval).
-    let settle = Duration::from_secs(1) + keypair_operator::memory::TRIM_INTERVAL;
-    tokio::time::sleep(settle.max(Duration::from_secs(5))).await;
+    let settle = (Duration::from_secs(1) + keypair_operator::memory::TRIM_INTERVAL)
+        .max(Duration::from_secs(5));
+    tokio::time::sleep(settle).await;
     let after = scrape(&operator).await;
     let per_object = |m: &str| {
         (common::metric_total(&after, m, &[]) - common::metric_total(&before, m, &[])) / n as f64
@@ -327,6 +329,14 @@ async fn creates(
             "req",
         );
     }
+    // A scrape builds the whole exposition (five series per key) at once: what that costs
+    // is shown apart, and the settled figure is read once the operator gave the pages back.
+    report.add(
+        format!("RSS at {n} {kind} keys, just after a /metrics scrape"),
+        rss_mb(&operator),
+        "MB",
+    );
+    tokio::time::sleep(settle).await;
     report.goal(
         format!("RSS at {n} {kind} keys"),
         rss_mb(&operator),
@@ -440,6 +450,13 @@ async fn restart(
     keys: usize,
 ) {
     let secs = knob("BENCH_RESTART_SECS", 60);
+    // The same window without a restart, just before it: each key is checked at its own
+    // slot once per interval, so any window costs about N × window / interval calls (1.67 %
+    // of N per minute at the default 1 h), restart or not. The restart's share is the
+    // difference.
+    let sandbox_before = setup.sandbox.stats().await;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let steady = sandbox_calls(&setup.sandbox.stats().await) - sandbox_calls(&sandbox_before);
     operator.stop().await;
     report.add(
         format!("restart: one paged list of the {keys} ApiKeyPairs alone"),
@@ -463,6 +480,9 @@ async fn restart(
     let ready = wait_ready_endpoint(operator, Duration::from_secs(120)).await;
     let left = Duration::from_secs(secs).saturating_sub(started.elapsed());
     tokio::time::sleep(left).await;
+    // Read before the scrape below, which builds the whole exposition at once (its cost is
+    // a figure of the bursts).
+    let (peak, settled) = (proc_status(operator, "VmHWM") / 1024.0, rss_mb(operator));
     let after = scrape(operator).await;
     let sandbox_after = setup.sandbox.stats().await;
     let calls = sandbox_calls(&sandbox_after) - sandbox_calls(&sandbox_before);
@@ -476,14 +496,10 @@ async fn restart(
     // A restart lists every object again (the key pairs in one response, the Secrets in
     // pages): the most the operator held meanwhile, and what it holds once the window is
     // over.
-    report.add(
-        format!("restart at {keys} keys: peak RSS"),
-        proc_status(operator, "VmHWM") / 1024.0,
-        "MB",
-    );
+    report.add(format!("restart at {keys} keys: peak RSS"), peak, "MB");
     report.goal(
         format!("RSS at {keys} keys after the restart"),
-        rss_mb(operator),
+        settled,
         "MB",
         "<=",
         60.0,
@@ -495,20 +511,22 @@ async fn restart(
         "<=",
         0.0,
     );
-    report.goal(
+    report.add(
         "restart: provider calls in the first window / N",
         calls / keys as f64,
         "ratio",
+    );
+    report.add(
+        "restart: provider calls in the window before it / N",
+        steady / keys as f64,
+        "ratio",
+    );
+    report.goal(
+        "restart: provider calls it adds in its first window / N",
+        (calls - steady) / keys as f64,
+        "ratio",
         "<=",
         0.01,
-    );
-    // Each key is checked once per interval at its own time: the first window after a
-    // restart costs what any window of that length costs.
-    let steady = secs as f64 / 3600.0;
-    report.add(
-        "restart: steady-state share of N per window (1 h interval)",
-        steady,
-        "ratio",
     );
 }
 

@@ -24,7 +24,8 @@ pub struct RunArgs {
     /// Namespaces to watch (repeat, or comma-separate); all namespaces when empty.
     #[arg(long = "namespace", env = "KPO_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
-    /// How often each key pair is checked at its provider (jittered ±10%).
+    /// How often each key pair is checked at its provider (each at its own fixed point of
+    /// the interval, drawn from its UID).
     #[arg(long, env = "KPO_CHECK_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub check_interval: Duration,
     /// How often a key pair waiting for its verification code looks for it.

@@ -66,6 +66,8 @@ fn timing(ctx: &Context, akp: &ApiKeyPair) -> Timing {
 async fn apply(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> {
     if akp.spec.suspend {
         // No provider call and no write until resumed (the spec change wakes it).
+        ctx.wakeups
+            .forget(&akp.namespace().unwrap_or_default(), &akp.name_any());
         return Ok(Action::await_change());
     }
     let cluster = KubeCluster::new(ctx.clone(), akp);
@@ -96,12 +98,16 @@ async fn apply(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> {
     if let Some(known) = known_credentials {
         ctx.remember_credentials(&uid, known);
     }
-    Ok(Action::requeue(requeue))
+    // Kept by the operator's own wake-ups, not kube-runtime's scheduler (see `wakeups`).
+    ctx.wakeups
+        .wake_in(&akp.namespace().unwrap_or_default(), &akp.name_any(), requeue);
+    Ok(Action::await_change())
 }
 
 async fn cleanup(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics
-        .forget_key_pair(&akp.namespace().unwrap_or_default(), &akp.name_any());
+    let (namespace, name) = (akp.namespace().unwrap_or_default(), akp.name_any());
+    ctx.metrics.forget_key_pair(&namespace, &name);
+    ctx.wakeups.forget(&namespace, &name);
     let cluster = KubeCluster::new(ctx.clone(), akp);
     let forced = match lifecycle::deletion(akp) {
         Deletion::Orphan { forced } => forced,

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod providers;
 pub mod secret;
 pub mod state;
+pub mod wakeups;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -54,7 +55,8 @@ pub const MANAGER: &str = "keypair-operator";
 /// Knobs of the controllers.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// How often each key pair is checked at the provider (jittered ±10%).
+    /// How often each key pair is checked at the provider (each at its own fixed point of
+    /// the interval, drawn from its UID: see [`plan::check_slots`]).
     pub check_interval: Duration,
     /// How often a key pair that waits for its verification code looks for it.
     pub verification_poll_interval: Duration,
@@ -112,6 +114,8 @@ pub struct Context {
     pub scope: Scope,
     /// Verification codes, read only when their Secret changed.
     pub code_secrets: code_secrets::CodeSecrets,
+    /// When each key pair is looked at again (fed back to the controller).
+    pub wakeups: Arc<wakeups::Wakeups>,
 }
 
 impl Context {
@@ -134,6 +138,7 @@ impl Context {
             last_checks: Mutex::default(),
             scope: Scope::All,
             code_secrets: code_secrets::CodeSecrets::default(),
+            wakeups: Arc::default(),
         }
     }
 
@@ -470,16 +475,47 @@ fn cached_key_pair(akp: ApiKeyPair) -> ApiKeyPair {
     akp
 }
 
-/// The parts of an `ApiKeyPair` whose change needs a reconcile: the spec (generation), the
-/// annotations (new-code and force-orphan requests), the finalizers and deletion.
-fn user_changes(akp: &ApiKeyPair) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    akp.metadata.generation.hash(&mut hasher);
-    akp.metadata.annotations.hash(&mut hasher);
-    akp.metadata.finalizers.hash(&mut hasher);
-    akp.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    Some(hasher.finish())
+/// Whether `new` differs from the version before it (`old`, None if there was none) in
+/// what needs a reconcile: another object of that name (UID), the spec (generation), the
+/// annotations (new-code and force-orphan requests), the finalizers and deletion. The
+/// operator's own status writes change none of these.
+fn user_changed(old: Option<&ApiKeyPair>, new: &ApiKeyPair) -> bool {
+    let (old, new) = match old {
+        Some(old) => (&old.metadata, &new.metadata),
+        None => return true,
+    };
+    old.uid != new.uid
+        || old.generation != new.generation
+        || old.annotations != new.annotations
+        || old.finalizers != new.finalizers
+        || old.deletion_timestamp.is_some() != new.deletion_timestamp.is_some()
+}
+
+/// Reflects the key-pair watch into its store, and passes on the key pairs a user changed
+/// ([`user_changed`] against the version the store held). This is kube-runtime's
+/// `reflect` followed by its `predicate_filter`, without the filter's own table of every
+/// object's name, namespace, UID and hash (~0.25 KB per key pair): the store already holds
+/// the version before. While a relist fills the writer's buffer, the store still holds
+/// the versions from before it.
+fn reflect_user_changes(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<ApiKeyPair>>>,
+    mut writer: reflector::store::Writer<ApiKeyPair>,
+) -> impl futures::Stream<Item = watcher::Result<ApiKeyPair>> {
+    let store = writer.as_reader();
+    events.try_filter_map(move |event| {
+        let changed = match &event {
+            watcher::Event::Apply(new) | watcher::Event::InitApply(new) => {
+                user_changed(store.get(&ObjectRef::from_obj(new)).as_deref(), new)
+            }
+            watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => false,
+        };
+        writer.apply_watcher_event(&event);
+        let passed = match event {
+            watcher::Event::Apply(new) | watcher::Event::InitApply(new) if changed => Some(new),
+            _ => None,
+        };
+        futures::future::ready(Ok(passed))
+    })
 }
 
 /// The `ApiKeyPair` controller: one controller over one set of watches whatever the scope,
@@ -517,21 +553,19 @@ fn key_pair_controller(
     // back-off would never apply.
     let code_readers = Arc::new(code_secrets::CodeReaders::default());
     let index = code_readers.clone();
-    let key_pair_stream = watch::scoped(
+    let key_pair_events = watch::scoped(
         client,
         scope,
         &key_pairs,
         key_pair_store.clone(),
         cached_key_pair,
     )
-    .reflect(key_pair_writer)
     .inspect(move |event| {
         if let Ok(event) = event {
             index.observe(event);
         }
-    })
-    .applied_objects()
-    .predicate_filter(user_changes, Default::default());
+    });
+    let key_pair_stream = reflect_user_changes(key_pair_events, key_pair_writer);
     let code_stream = code_secrets::watch(client, scope, code_store.clone())
         .reflect(code_writer)
         .touched_objects();
@@ -549,12 +583,14 @@ fn key_pair_controller(
     )
     .with_scope(scope.clone())
     .with_code_secrets(code_secrets::CodeSecrets::new(code_store));
+    let wakeups = ctx.wakeups.clone().due();
     let (namespaced, cluster) = (key_pair_store.clone(), key_pair_store.clone());
     let config =
         kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
     let controller = Controller::for_stream(key_pair_stream, key_pair_store)
         .with_config(config)
         .owns_stream(secret_stream)
+        .reconcile_on(wakeups)
         .watches_stream(code_stream, move |s| code_readers.of(&s))
         .watches_shared_stream(providers.namespaced, move |p: Arc<KeyPairProvider>| {
             let kind = ProviderRefKind::KeyPairProvider;
@@ -853,9 +889,68 @@ mod tests {
             .annotations_mut()
             .insert("argocd.argoproj.io/tracking-id".into(), "y".into());
         let (before, after) = (cached_key_pair(akp), cached_key_pair(retagged.clone()));
-        assert_eq!(user_changes(&before), user_changes(&after), "no reconcile");
+        assert!(!user_changed(Some(&before), &after), "no reconcile");
         retagged.annotations_mut().remove(ROTATE_ANNOTATION);
         assert!(cached_key_pair(retagged).metadata.annotations.is_none());
+    }
+
+    #[tokio::test]
+    async fn only_what_a_user_changed_passes_and_a_relist_passes_nothing_unchanged() {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let spec = serde_json::from_value(serde_json::json!({
+            "providerRef": {"name": "tw"}, "secretName": "web-key"
+        }))
+        .expect("spec");
+        let mut v1 = ApiKeyPair::new("web", spec);
+        v1.metadata.namespace = Some("ns".into());
+        v1.metadata.uid = Some("uid-1".into());
+        v1.metadata.generation = Some(1);
+        let mut status_write = v1.clone();
+        status_write.status = Some(Default::default());
+        status_write.metadata.resource_version = Some("2".into());
+        let mut spec_edit = status_write.clone();
+        spec_edit.metadata.generation = Some(2);
+        let mut finalized = spec_edit.clone();
+        finalized.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let mut recreated = v1.clone();
+        recreated.metadata.uid = Some("uid-2".into());
+        let events = [
+            Init,
+            InitApply(v1.clone()),
+            InitDone,
+            Apply(status_write),
+            Apply(spec_edit.clone()),
+            Apply(finalized.clone()),
+            // A relist (after the watch expired): nothing changed meanwhile.
+            Init,
+            InitApply(finalized),
+            InitDone,
+            // Another relist: deleted and created again while the watch was down.
+            Init,
+            InitApply(recreated.clone()),
+            InitDone,
+            Delete(recreated),
+        ];
+        let (store, writer) = reflector::store();
+        let passed: Vec<(Option<String>, Option<i64>, bool)> = reflect_user_changes(
+            futures::stream::iter(events.into_iter().map(Ok)),
+            writer,
+        )
+        .map_ok(|a| (a.metadata.uid, a.metadata.generation, a.metadata.finalizers.is_some()))
+        .try_collect()
+        .await
+        .expect("no error");
+        let uid = |u: &str| Some(u.to_owned());
+        assert_eq!(
+            passed,
+            [
+                (uid("uid-1"), Some(1), false),
+                (uid("uid-1"), Some(2), false),
+                (uid("uid-1"), Some(2), true),
+                (uid("uid-2"), Some(1), false),
+            ]
+        );
+        assert!(store.state().is_empty(), "every event reached the store");
     }
 
     #[test]
