@@ -99,8 +99,11 @@ async fn apply(akp: &ApiKeyPair, ctx: &Arc<Context>) -> Result<Action, Error> {
         ctx.remember_credentials(&uid, known);
     }
     // Kept by the operator's own wake-ups, not kube-runtime's scheduler (see `wakeups`).
-    ctx.wakeups
-        .wake_in(&akp.namespace().unwrap_or_default(), &akp.name_any(), requeue);
+    ctx.wakeups.wake_in(
+        &akp.namespace().unwrap_or_default(),
+        &akp.name_any(),
+        requeue,
+    );
     Ok(Action::await_change())
 }
 

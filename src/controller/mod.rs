@@ -109,7 +109,7 @@ pub struct Context {
     /// Consecutive failures per object, for exponential back-off.
     failures: Mutex<HashMap<ObjectRef<ApiKeyPair>, u32>>,
     /// When each key pair was last checked at the provider (or first seen), by UID.
-    last_checks: Mutex<HashMap<String, LastCheck>>,
+    last_checks: Mutex<HashMap<UidKey, LastCheck>>,
     /// The namespaces watched (to find keys other resources reference).
     pub scope: Scope,
     /// Verification codes, read only when their Secret changed.
@@ -175,7 +175,7 @@ impl Context {
         let Ok(mut checks) = self.last_checks.lock() else {
             return true;
         };
-        let last = checks.entry(uid.to_owned()).or_insert(LastCheck {
+        let last = checks.entry(UidKey::of(uid)).or_insert(LastCheck {
             at: last_slot,
             credentials: None,
         });
@@ -186,14 +186,14 @@ impl Context {
     /// Secret that holds others was edited, and is checked at once, not at the next slot.
     pub fn known_credentials(&self, uid: &str) -> Option<u64> {
         let checks = self.last_checks.lock().ok()?;
-        checks.get(uid)?.credentials
+        checks.get(&UidKey::of(uid))?.credentials
     }
 
     /// Records a successful provider check of `uid` (a failed one stays due).
     pub fn mark_checked(&self, uid: &str, at: DateTime<Utc>) {
         if let Ok(mut checks) = self.last_checks.lock() {
             checks
-                .entry(uid.to_owned())
+                .entry(UidKey::of(uid))
                 .and_modify(|last| last.at = at)
                 .or_insert(LastCheck {
                     at,
@@ -206,7 +206,7 @@ impl Context {
     pub fn remember_credentials(&self, uid: &str, fingerprint: u64) {
         if let Ok(mut checks) = self.last_checks.lock() {
             checks
-                .entry(uid.to_owned())
+                .entry(UidKey::of(uid))
                 .or_insert(LastCheck {
                     at: Utc::now(),
                     credentials: None,
@@ -228,6 +228,25 @@ impl Context {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(object);
         }
+    }
+}
+
+/// A UID as a map key: the 16 bytes of the UUID the API server assigns, not its 36
+/// characters on the heap (a digest of any other string, as in tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct UidKey(u128);
+
+impl UidKey {
+    fn of(uid: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(uuid::Uuid::parse_str(uid).map_or_else(
+            |_| {
+                let mut head = [0u8; 16];
+                head.copy_from_slice(&Sha256::digest(uid.as_bytes())[..16]);
+                u128::from_le_bytes(head)
+            },
+            |uuid| uuid.as_u128(),
+        ))
     }
 }
 
@@ -932,14 +951,18 @@ mod tests {
             Delete(recreated),
         ];
         let (store, writer) = reflector::store();
-        let passed: Vec<(Option<String>, Option<i64>, bool)> = reflect_user_changes(
-            futures::stream::iter(events.into_iter().map(Ok)),
-            writer,
-        )
-        .map_ok(|a| (a.metadata.uid, a.metadata.generation, a.metadata.finalizers.is_some()))
-        .try_collect()
-        .await
-        .expect("no error");
+        let passed: Vec<(Option<String>, Option<i64>, bool)> =
+            reflect_user_changes(futures::stream::iter(events.into_iter().map(Ok)), writer)
+                .map_ok(|a| {
+                    (
+                        a.metadata.uid,
+                        a.metadata.generation,
+                        a.metadata.finalizers.is_some(),
+                    )
+                })
+                .try_collect()
+                .await
+                .expect("no error");
         let uid = |u: &str| Some(u.to_owned());
         assert_eq!(
             passed,
@@ -951,6 +974,18 @@ mod tests {
             ]
         );
         assert!(store.state().is_empty(), "every event reached the store");
+    }
+
+    #[test]
+    fn a_uid_key_is_the_uuid_itself_and_other_strings_still_differ() {
+        let uid = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+        assert_eq!(UidKey::of(uid).0, 0x7c9e_6679_7425_40de_944b_e07f_c1f9_0ae7);
+        assert_ne!(
+            UidKey::of(uid),
+            UidKey::of("7c9e6679-7425-40de-944b-e07fc1f90ae8")
+        );
+        assert_eq!(UidKey::of("uid-1"), UidKey::of("uid-1"));
+        assert_ne!(UidKey::of("uid-1"), UidKey::of("uid-2"));
     }
 
     #[test]

@@ -147,7 +147,9 @@ impl Wakeups {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing here can panic while holding the lock; a poisoned one still holds
         // consistent entries.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -189,13 +191,21 @@ mod tests {
         let wakeups = Arc::new(Wakeups::default());
         let mut due = Box::pin(wakeups.clone().due());
         wakeups.wake_in("ns", "a", Duration::from_secs(60));
-        assert!(due_within(&mut due, Duration::from_secs(59)).await.is_empty());
+        assert!(
+            due_within(&mut due, Duration::from_secs(59))
+                .await
+                .is_empty()
+        );
         assert_eq!(
             due_within(&mut due, Duration::from_secs(2)).await,
             [key("ns", "a")]
         );
         assert!(wakeups.is_empty(), "a wake-up is used once");
-        assert!(due_within(&mut due, Duration::from_secs(3600)).await.is_empty());
+        assert!(
+            due_within(&mut due, Duration::from_secs(3600))
+                .await
+                .is_empty()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -205,7 +215,11 @@ mod tests {
         wakeups.wake_in("ns", "sooner", Duration::from_secs(600));
         wakeups.wake_in("ns", "later", Duration::from_secs(10));
         // The sweeper now waits for "later"'s first time; "sooner" moves ahead of it.
-        assert!(due_within(&mut due, Duration::from_secs(1)).await.is_empty());
+        assert!(
+            due_within(&mut due, Duration::from_secs(1))
+                .await
+                .is_empty()
+        );
         wakeups.wake_in("ns", "sooner", Duration::from_secs(5));
         wakeups.wake_in("ns", "later", Duration::from_secs(600));
         assert_eq!(
@@ -213,7 +227,9 @@ mod tests {
             [key("ns", "sooner")]
         );
         assert!(
-            due_within(&mut due, Duration::from_secs(60)).await.is_empty(),
+            due_within(&mut due, Duration::from_secs(60))
+                .await
+                .is_empty(),
             "later's first time was replaced"
         );
         assert_eq!(

@@ -321,3 +321,59 @@ async fn sigterm_finishes_work_and_releases_the_lease() {
     let holder = lease.spec.and_then(|spec| spec.holder_identity);
     assert_ne!(holder.as_deref(), Some("op-t"), "the lease was released");
 }
+
+/// A repeat of an event within six minutes is counted in the first event's series, as
+/// kube's recorder does (the recorder keeps only a digest of each event's key and its
+/// first time, from which the event's name is derived).
+#[tokio::test]
+async fn a_repeated_event_becomes_a_series_of_the_first() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event as KubeEvent;
+    use keypair_operator::telemetry::events::{Event, EventType, Recorder, Reporter};
+
+    let client = common::client().await;
+    let ns = common::test_namespace(&client, "event-series").await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "event-series-test".into(),
+            instance: None,
+        },
+    );
+    let about = |name: &str| ObjectReference {
+        api_version: Some("keypairs.dev/v1alpha1".into()),
+        kind: Some("ApiKeyPair".into()),
+        name: Some(name.into()),
+        namespace: Some(ns.clone()),
+        uid: Some(format!("uid-{name}")),
+        ..ObjectReference::default()
+    };
+    let event = |note: &str| Event {
+        type_: EventType::Normal,
+        reason: "Checked".into(),
+        note: Some(note.into()),
+        action: "Check".into(),
+        secondary: None,
+    };
+    for note in ["first", "second", "third"] {
+        recorder
+            .publish(&event(note), &about("web"))
+            .await
+            .expect("published");
+    }
+    recorder
+        .publish(&event("first"), &about("api"))
+        .await
+        .expect("published");
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), &ns);
+    let listed = events.list(&Default::default()).await.expect("list");
+    let about_web: Vec<_> = listed
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web"))
+        .collect();
+    assert_eq!(about_web.len(), 1, "one event object for three occurrences");
+    assert_eq!(about_web[0].note.as_deref(), Some("first"));
+    assert_eq!(about_web[0].series.as_ref().map(|s| s.count), Some(3));
+    assert_eq!(listed.items.len(), 2, "another object's event is its own");
+}
