@@ -14,7 +14,8 @@
 //! - [`sandbox`]: sandbox provider servers that behave as the providers' docs say (cargo
 //!   feature `sandbox`, on by default, off in the production image).
 //! - [`telemetry`]: logging set-up.
-//! - [`memory`]: gives the heap's free pages back to the OS (glibc builds).
+//! - [`memory`]: one shared copy of strings that table entries repeat, and the heap's free
+//!   pages given back to the OS (glibc builds).
 
 pub mod cli;
 pub mod conditions;

@@ -1,5 +1,6 @@
-//! Gives the heap's free pages back to the operating system, on builds that use glibc's
-//! allocator.
+//! What keeps the operator's memory small beyond its caches' own projections: one shared
+//! copy of the strings many entries repeat ([`SharedStrings`]), and the heap's free pages
+//! given back to the operating system on builds that use glibc's allocator.
 //!
 //! glibc keeps memory freed by the program inside its heaps (one per thread that
 //! allocates, up to 8 per core) and returns it only from the top of each heap. A burst of
@@ -9,7 +10,41 @@
 //! releases every whole free page inside the heaps too. musl's allocator (the production
 //! image) returns freed memory by itself, so there this is a no-op.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// One shared copy of each string a table repeats across its entries (namespaces, provider
+/// names): an `Arc<str>` per entry instead of a heap string each.
+#[derive(Debug, Default)]
+pub struct SharedStrings(HashSet<Arc<str>>);
+
+impl SharedStrings {
+    /// The shared copy of `value`, made on first use.
+    pub fn share(&mut self, value: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(value) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = value.into();
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    /// The shared copy of `value`, if one was made.
+    pub fn get(&self, value: &str) -> Option<Arc<str>> {
+        self.0.get(value).cloned()
+    }
+
+    /// How many strings are shared.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// How often the free pages go back.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(10);

@@ -14,7 +14,7 @@
 //! at 10 000 key pairs whose checks spread over an hour, about three sweeps a second of
 //! 10 000 entries each, against a table a tenth of the size.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::crd::ApiKeyPair;
+use crate::memory::SharedStrings;
 
 /// The shortest time between two sweeps: wake-ups due within it go out together.
 pub const SWEEP_SPACING: Duration = Duration::from_millis(100);
@@ -40,7 +41,7 @@ pub struct Wakeups {
 struct State {
     at: HashMap<Key, Instant>,
     /// One copy of each namespace's name, shared by its key pairs' entries.
-    namespaces: HashSet<Arc<str>>,
+    namespaces: SharedStrings,
     /// The earliest wake-up the sweeper knows of (None: it waits to be told).
     next: Option<Instant>,
 }
@@ -57,7 +58,7 @@ impl Wakeups {
     pub fn wake_in(&self, namespace: &str, name: &str, after: Duration) {
         let at = Instant::now() + after;
         let mut state = self.lock();
-        let namespace = state.intern(namespace);
+        let namespace = state.namespaces.share(namespace);
         state.at.insert(
             Key {
                 namespace,
@@ -75,7 +76,7 @@ impl Wakeups {
     /// Drops the wake-up of `namespace`/`name` (deleted, or waiting for a change only).
     pub fn forget(&self, namespace: &str, name: &str) {
         let mut state = self.lock();
-        let Some(namespace) = state.namespaces.get(namespace).cloned() else {
+        let Some(namespace) = state.namespaces.get(namespace) else {
             return;
         };
         state.at.remove(&Key {
@@ -150,17 +151,6 @@ impl Wakeups {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl State {
-    fn intern(&mut self, namespace: &str) -> Arc<str> {
-        if let Some(shared) = self.namespaces.get(namespace) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = namespace.into();
-        self.namespaces.insert(shared.clone());
-        shared
     }
 }
 
