@@ -10,7 +10,8 @@
 //! per idle check during a `BENCH_IDLE_SECS` window with a short check interval; after a
 //! kill -9 and restart, the time to ready, writes, and the provider calls in the first
 //! `BENCH_RESTART_SECS` beside those of the same window just before (each key is checked
-//! once per interval, restart or not; the goal holds what the restart adds); and under a provider rate limit R, requests sent / R.
+//! once per interval, restart or not; the goal holds what the restart adds); and under a
+//! provider rate limit R, requests sent / R.
 //!
 //! Knobs (environment): `BENCH_N` (default 1000), `BENCH_UNRELATED` (default 1000),
 //! `BENCH_IDLE_SECS` (60), `BENCH_RESTART_SECS` (60), `BENCH_LATENCY_MS` (10),
@@ -454,9 +455,9 @@ async fn restart(
     // slot once per interval, so any window costs about N × window / interval calls (1.67 %
     // of N per minute at the default 1 h), restart or not. The restart's share is the
     // difference.
-    let sandbox_before = setup.sandbox.stats().await;
+    let steady_start = setup.sandbox.stats().await;
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let steady = sandbox_calls(&setup.sandbox.stats().await) - sandbox_calls(&sandbox_before);
+    let steady = sandbox_calls(&setup.sandbox.stats().await) - sandbox_calls(&steady_start);
     operator.stop().await;
     report.add(
         format!("restart: one paged list of the {keys} ApiKeyPairs alone"),

@@ -46,6 +46,15 @@ impl SharedStrings {
     }
 }
 
+/// A 128-bit digest of `bytes` (SHA-256's head), for map keys that stand in for a long
+/// string: two different strings share one with a chance of 2^-128 per pair.
+pub fn digest128(bytes: &[u8]) -> u128 {
+    use sha2::{Digest, Sha256};
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&Sha256::digest(bytes)[..16]);
+    u128::from_le_bytes(head)
+}
+
 /// How often the free pages go back.
 pub const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 

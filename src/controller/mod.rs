@@ -238,13 +238,8 @@ struct UidKey(u128);
 
 impl UidKey {
     fn of(uid: &str) -> Self {
-        use sha2::{Digest, Sha256};
         Self(uuid::Uuid::parse_str(uid).map_or_else(
-            |_| {
-                let mut head = [0u8; 16];
-                head.copy_from_slice(&Sha256::digest(uid.as_bytes())[..16]);
-                u128::from_le_bytes(head)
-            },
+            |_| crate::memory::digest128(uid.as_bytes()),
             |uuid| uuid.as_u128(),
         ))
     }

@@ -85,16 +85,6 @@ impl Wakeups {
         });
     }
 
-    /// How many wake-ups are set.
-    pub fn len(&self) -> usize {
-        self.lock().at.len()
-    }
-
-    /// Whether no wake-up is set.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The key pairs as their wake-ups fall due, for `Controller::reconcile_on`. Never
     /// ends; the controller's shutdown drops it.
     pub fn due(self: Arc<Self>) -> impl Stream<Item = ObjectRef<ApiKeyPair>> + Send + 'static {
@@ -190,7 +180,7 @@ mod tests {
             due_within(&mut due, Duration::from_secs(2)).await,
             [key("ns", "a")]
         );
-        assert!(wakeups.is_empty(), "a wake-up is used once");
+        assert!(wakeups.lock().at.is_empty(), "a wake-up is used once");
         assert!(
             due_within(&mut due, Duration::from_secs(3600))
                 .await

@@ -193,15 +193,14 @@ fn forget_expired(cache: &mut HashMap<EventKey, Published>, now: Timestamp) {
     }
 }
 
-/// A digest of what tells two events apart (see [`event_key`]). Two different events
-/// share one with a chance of 2^-128 per pair.
-type EventKey = [u8; 16];
+/// A digest of what tells two events apart (see [`event_key`] and
+/// [`crate::memory::digest128`]).
+type EventKey = u128;
 
 /// What tells two events apart, as kube's recorder keys them: type, action, reason,
 /// reporter, and the regarding and related objects by API version, kind, name, namespace
 /// and uid; joined into one string (fields cannot contain a NUL) and digested.
 fn event_key(reporter: &Reporter, event: &Event, reference: &ObjectReference) -> EventKey {
-    use sha2::{Digest, Sha256};
     let object = |r: Option<&ObjectReference>| -> [Option<String>; 5] {
         match r {
             None => Default::default(),
@@ -233,10 +232,7 @@ fn event_key(reporter: &Reporter, event: &Event, reference: &ObjectReference) ->
         }
         key.push('\0');
     }
-    let digest = Sha256::digest(key.as_bytes());
-    let mut head = EventKey::default();
-    head.copy_from_slice(&digest[..size_of::<EventKey>()]);
-    head
+    crate::memory::digest128(key.as_bytes())
 }
 
 #[cfg(test)]
