@@ -18,8 +18,8 @@ use kube::{Client, ResourceExt};
 use secrecy::SecretString;
 
 use super::watch;
-use super::{Error, Scope, secret};
-use crate::crd::{ApiKeyPair, SecretKeyRef};
+use super::{CachedKeyPair, Error, Scope, secret};
+use crate::crd::SecretKeyRef;
 
 /// Secret metadata as kept in the index.
 pub type SecretVersion = PartialObjectMeta<Secret>;
@@ -161,22 +161,26 @@ pub struct CodeReaders {
 /// A reference to a key pair by namespace and name only: the index holds two per key pair,
 /// and the `resourceVersion` and UID that [`ObjectRef::from_obj`] also copies are never
 /// read (nor compared) here.
-fn reader(akp: &ApiKeyPair) -> ObjectRef<ApiKeyPair> {
+fn reader(akp: &impl ResourceExt) -> ObjectRef<CachedKeyPair> {
     ObjectRef::new(&akp.name_any()).within(&akp.namespace().unwrap_or_default())
 }
 
 #[derive(Default)]
 struct Readers {
-    by_secret: HashMap<SecretName, HashSet<ObjectRef<ApiKeyPair>>>,
-    by_key_pair: HashMap<ObjectRef<ApiKeyPair>, SecretName>,
+    by_secret: HashMap<SecretName, HashSet<ObjectRef<CachedKeyPair>>>,
+    by_key_pair: HashMap<ObjectRef<CachedKeyPair>, SecretName>,
     /// The key pairs seen since a relist began; the others are dropped when it ends.
-    relisted: Option<HashSet<ObjectRef<ApiKeyPair>>>,
+    relisted: Option<HashSet<ObjectRef<CachedKeyPair>>>,
 }
 
 impl Readers {
-    fn set(&mut self, akp: &ApiKeyPair) {
-        let object = reader(akp);
+    fn set(&mut self, cached: &CachedKeyPair) {
+        let object = reader(cached);
         self.remove(&object);
+        // One that does not decode reads no Secret (its reconcile reports why).
+        let Ok(akp) = cached.decode() else {
+            return;
+        };
         let code_secret = akp.spec.verification.as_ref().map(|v| {
             let namespace = akp.namespace().unwrap_or_default();
             (namespace, v.code_secret_ref.name.clone())
@@ -188,7 +192,7 @@ impl Readers {
         }
     }
 
-    fn remove(&mut self, object: &ObjectRef<ApiKeyPair>) {
+    fn remove(&mut self, object: &ObjectRef<CachedKeyPair>) {
         let Some(code_secret) = self.by_key_pair.remove(object) else {
             return;
         };
@@ -203,7 +207,7 @@ impl Readers {
 
 impl CodeReaders {
     /// Follows one event of the `ApiKeyPair` watch.
-    pub fn observe(&self, event: &watcher::Event<ApiKeyPair>) {
+    pub fn observe(&self, event: &watcher::Event<CachedKeyPair>) {
         let Ok(mut readers) = self.inner.lock() else {
             return;
         };
@@ -233,7 +237,7 @@ impl CodeReaders {
     }
 
     /// The `ApiKeyPair`s whose verification code lives in Secret `secret`.
-    pub fn of(&self, secret: &SecretVersion) -> Vec<ObjectRef<ApiKeyPair>> {
+    pub fn of(&self, secret: &SecretVersion) -> Vec<ObjectRef<CachedKeyPair>> {
         let key = (secret.namespace().unwrap_or_default(), secret.name_any());
         self.inner
             .lock()
@@ -247,8 +251,9 @@ impl CodeReaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ApiKeyPair;
 
-    fn key_pair(name: &str, code_secret: Option<&str>) -> ApiKeyPair {
+    fn key_pair(name: &str, code_secret: Option<&str>) -> CachedKeyPair {
         let mut spec = serde_json::json!({"providerRef": {"name": "p"}, "validityDays": 30});
         if let Some(secret) = code_secret {
             spec["verification"] =
@@ -256,7 +261,7 @@ mod tests {
         }
         let mut akp = ApiKeyPair::new(name, serde_json::from_value(spec).expect("spec"));
         akp.metadata.namespace = Some("team".into());
-        akp
+        CachedKeyPair::from(akp)
     }
 
     fn secret(namespace: &str, name: &str) -> SecretVersion {

@@ -20,12 +20,15 @@ use serde_json::json;
 use super::lifecycle::{self, Cluster, Outcome, Run, Timing, failpoint};
 use super::plan::{self, Deletion};
 use super::state::owned_key_ids;
-use super::{Context, Error, FINALIZER, MANAGER, RESTARTED_AT_ANNOTATION, Scope, secret};
+use super::{
+    CachedKeyPair, Context, Error, FINALIZER, MANAGER, RESTARTED_AT_ANNOTATION, Scope, secret,
+};
 use crate::crd::{ApiKeyPair, ApiKeyPairStatus, RolloutRestartTarget, SecretKeyRef, WorkloadKind};
 use crate::telemetry::{KeyPairFigures, KeyPairLabels};
 
 /// kube-runtime's reconcile entry point for `ApiKeyPair`.
-pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<CachedKeyPair>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let akp = Arc::new(cached.decode().map_err(Error::Cache)?);
     let namespace = akp.namespace().unwrap_or_default();
     let api: Api<ApiKeyPair> = Api::namespaced(ctx.client.clone(), &namespace);
     let deleting = akp.meta().deletion_timestamp.is_some();
@@ -44,7 +47,7 @@ pub async fn reconcile(akp: Arc<ApiKeyPair>, ctx: Arc<Context>) -> Result<Action
         if deleting {
             failpoint!("finalizer-removed");
         }
-        ctx.reset_failures(&ObjectRef::from_obj(akp.as_ref()));
+        ctx.reset_failures(&ObjectRef::from_obj(cached.as_ref()));
     }
     result
 }

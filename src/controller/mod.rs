@@ -6,8 +6,10 @@
 //! the decisions in a safe order against two ports (cluster and provider), [`key_pair`]
 //! is the kube-runtime entry point and the cluster port over the API server,
 //! [`providers`] resolves provider resources into rate-limited clients and keeps provider
-//! status, and this module holds the shared [`Context`], the error type and the wiring.
+//! status, [`cached`] is what the key-pair cache keeps of each object, and this module
+//! holds the shared [`Context`], the error type and the wiring.
 
+pub mod cached;
 pub mod code_secrets;
 pub mod decode;
 pub mod key_pair;
@@ -27,11 +29,14 @@ use chrono::{DateTime, Utc};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
+
+pub use cached::CachedKeyPair;
 
 use crate::conditions::reason;
 use crate::crd::{ApiKeyPair, ClusterKeyPairProvider, KeyPairProvider, ProviderRefKind};
@@ -107,7 +112,7 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for exponential back-off.
-    failures: Mutex<HashMap<ObjectRef<ApiKeyPair>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<CachedKeyPair>, u32>>,
     /// When each key pair was last checked at the provider (or first seen), by UID.
     last_checks: Mutex<HashMap<UidKey, LastCheck>>,
     /// The namespaces watched (to find keys other resources reference).
@@ -215,7 +220,7 @@ impl Context {
         }
     }
 
-    fn record_failure(&self, object: ObjectRef<ApiKeyPair>) -> u32 {
+    fn record_failure(&self, object: ObjectRef<CachedKeyPair>) -> u32 {
         let Ok(mut failures) = self.failures.lock() else {
             return 1;
         };
@@ -224,7 +229,7 @@ impl Context {
         *count
     }
 
-    pub(crate) fn reset_failures(&self, object: &ObjectRef<ApiKeyPair>) {
+    pub(crate) fn reset_failures(&self, object: &ObjectRef<CachedKeyPair>) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(object);
         }
@@ -329,6 +334,9 @@ pub enum Error {
         /// Whether it is the pending replacement that is gone.
         replacement: bool,
     },
+    /// A cached key pair did not decode (a bug: the cache encoded it).
+    #[error("the cached key pair does not decode: {0}")]
+    Cache(#[source] cached::DecodeError),
     /// The finalizer helper failed.
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -364,7 +372,7 @@ impl Error {
             Error::InvalidSpec(_) => reason::INVALID_SPEC,
             Error::SecretConflict(_) => reason::SECRET_CONFLICT,
             Error::CreateAmbiguous(_) => reason::CREATE_AMBIGUOUS,
-            Error::InconsistentStatus(_) => reason::INCONSISTENT_STATUS,
+            Error::InconsistentStatus(_) | Error::Cache(_) => reason::INCONSISTENT_STATUS,
             Error::ImportRejected(_) => reason::IMPORT_REJECTED,
         }
     }
@@ -452,7 +460,7 @@ const TERMINAL_BACKOFF_HEAD_START: u32 = 5;
 
 /// kube-runtime's error policy: per-object exponential back-off with jitter, from 32 s for
 /// terminal errors (a spec change triggers a reconcile anyway).
-pub fn error_policy(akp: Arc<ApiKeyPair>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(akp: Arc<CachedKeyPair>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_stale() {
         // Not counted: a stale read says nothing about whether the work can succeed.
         return Action::requeue(backoff(1, rand::random(), ctx.settings.max_backoff, None));
@@ -472,31 +480,13 @@ pub fn error_policy(akp: Arc<ApiKeyPair>, error: &Error, ctx: Arc<Context>) -> A
     ))
 }
 
-/// Prefix of every annotation the operator reads on an `ApiKeyPair`.
-const OPERATOR_ANNOTATION_PREFIX: &str = "keypairs.dev/";
-
-/// An `ApiKeyPair` as it is cached: [`watch::slimmed`], without labels (a shard selector
-/// is applied by the API server, and nothing here reads them) and with only the
-/// operator's own `keypairs.dev/*` annotations. Tools label and annotate every object
-/// they sync (Argo CD's tracking id, Helm's release, ...): cached, each map costs a B-tree
-/// node per key, and a change to them needs no reconcile.
-fn cached_key_pair(akp: ApiKeyPair) -> ApiKeyPair {
-    let mut akp = watch::slimmed(akp);
-    akp.metadata.labels = None;
-    watch::retain_annotations(&mut akp.metadata, |key| {
-        key.starts_with(OPERATOR_ANNOTATION_PREFIX)
-    });
-    akp
-}
-
 /// Whether `new` differs from the version before it (`old`, None if there was none) in
 /// what needs a reconcile: another object of that name (UID), the spec (generation), the
 /// annotations (new-code and force-orphan requests), the finalizers and deletion. The
 /// operator's own status writes change none of these.
-fn user_changed(old: Option<&ApiKeyPair>, new: &ApiKeyPair) -> bool {
-    let (old, new) = match old {
-        Some(old) => (&old.metadata, &new.metadata),
-        None => return true,
+fn user_changed(old: Option<&ObjectMeta>, new: &ObjectMeta) -> bool {
+    let Some(old) = old else {
+        return true;
     };
     old.uid != new.uid
         || old.generation != new.generation
@@ -512,14 +502,15 @@ fn user_changed(old: Option<&ApiKeyPair>, new: &ApiKeyPair) -> bool {
 /// the version before. While a relist fills the writer's buffer, the store still holds
 /// the versions from before it.
 fn reflect_user_changes(
-    events: impl futures::Stream<Item = watcher::Result<watcher::Event<ApiKeyPair>>>,
-    mut writer: reflector::store::Writer<ApiKeyPair>,
-) -> impl futures::Stream<Item = watcher::Result<ApiKeyPair>> {
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<CachedKeyPair>>>,
+    mut writer: reflector::store::Writer<CachedKeyPair>,
+) -> impl futures::Stream<Item = watcher::Result<CachedKeyPair>> {
     let store = writer.as_reader();
     events.try_filter_map(move |event| {
         let changed = match &event {
             watcher::Event::Apply(new) | watcher::Event::InitApply(new) => {
-                user_changed(store.get(&ObjectRef::from_obj(new)).as_deref(), new)
+                let old = store.get(&ObjectRef::from_obj(new));
+                user_changed(old.as_deref().map(Resource::meta), new.meta())
             }
             watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => false,
         };
@@ -572,7 +563,7 @@ fn key_pair_controller(
         scope,
         &key_pairs,
         key_pair_store.clone(),
-        cached_key_pair,
+        <CachedKeyPair as From<ApiKeyPair>>::from,
     )
     .inspect(move |event| {
         if let Ok(event) = event {
@@ -652,21 +643,28 @@ where
 /// The `ApiKeyPair`s whose keys live at a provider (the one recorded with the key: an edit
 /// of the reference is refused).
 fn key_pairs_using(
-    store: &Store<ApiKeyPair>,
+    store: &Store<CachedKeyPair>,
     kind: ProviderRefKind,
     name: &str,
     namespace: Option<String>,
-) -> Vec<ObjectRef<ApiKeyPair>> {
+) -> Vec<ObjectRef<CachedKeyPair>> {
     store
         .state()
         .into_iter()
-        .filter(|akp| {
-            let reference = plan::provider_ref_in_use(akp);
-            reference.kind == kind
-                && reference.name == name
-                && (namespace.is_none() || akp.namespace() == namespace)
+        .filter(|cached| {
+            if namespace.is_some() && cached.namespace() != namespace {
+                return false;
+            }
+            match cached.decode() {
+                Ok(akp) => {
+                    let reference = plan::provider_ref_in_use(&akp);
+                    reference.kind == kind && reference.name == name
+                }
+                // Woken too: its reconcile reports why it does not decode.
+                Err(_) => true,
+            }
         })
-        .map(|akp| ObjectRef::from_obj(akp.as_ref()))
+        .map(|cached| ObjectRef::from_obj(cached.as_ref()))
         .collect()
 }
 
@@ -882,7 +880,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cached_key_pair_keeps_only_the_annotations_the_operator_reads() {
+    fn a_tool_retagging_a_key_pair_is_no_user_change() {
         let spec = serde_json::from_value(serde_json::json!({
             "providerRef": {"name": "tw"},
             "validityDays": 30
@@ -891,21 +889,19 @@ mod tests {
         let mut akp = ApiKeyPair::new("web", spec);
         let rotate = (ROTATE_ANNOTATION.to_owned(), "1".to_owned());
         let tracking = ("argocd.argoproj.io/tracking-id".to_owned(), "x".to_owned());
-        akp.metadata.annotations = Some([rotate.clone(), tracking].into());
-        akp.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
-        let cached = cached_key_pair(akp.clone());
-        assert_eq!(cached.metadata.annotations, Some([rotate].into()));
-        assert_eq!(cached.metadata.labels, None);
-        assert_eq!(cached.spec, akp.spec);
-
+        akp.metadata.annotations = Some([rotate, tracking].into());
         let mut retagged = akp.clone();
         retagged
             .annotations_mut()
             .insert("argocd.argoproj.io/tracking-id".into(), "y".into());
-        let (before, after) = (cached_key_pair(akp), cached_key_pair(retagged.clone()));
-        assert!(!user_changed(Some(&before), &after), "no reconcile");
-        retagged.annotations_mut().remove(ROTATE_ANNOTATION);
-        assert!(cached_key_pair(retagged).metadata.annotations.is_none());
+        retagged.labels_mut().insert("app".into(), "web".into());
+        let cached = |akp: &ApiKeyPair| CachedKeyPair::from(akp.clone());
+        let (before, after) = (cached(&akp), cached(&retagged));
+        assert!(!user_changed(Some(before.meta()), after.meta()));
+        retagged
+            .annotations_mut()
+            .insert(ROTATE_ANNOTATION.into(), "2".into());
+        assert!(user_changed(Some(before.meta()), cached(&retagged).meta()));
     }
 
     #[tokio::test]
@@ -946,18 +942,17 @@ mod tests {
             Delete(recreated),
         ];
         let (store, writer) = reflector::store();
-        let passed: Vec<(Option<String>, Option<i64>, bool)> =
-            reflect_user_changes(futures::stream::iter(events.into_iter().map(Ok)), writer)
-                .map_ok(|a| {
-                    (
-                        a.metadata.uid,
-                        a.metadata.generation,
-                        a.metadata.finalizers.is_some(),
-                    )
-                })
-                .try_collect()
-                .await
-                .expect("no error");
+        let passed: Vec<(Option<String>, Option<i64>, bool)> = reflect_user_changes(
+            futures::stream::iter(events.map(|e| Ok(watch::map_objects(e, CachedKeyPair::from)))),
+            writer,
+        )
+        .map_ok(|a| {
+            let meta = a.meta();
+            (meta.uid.clone(), meta.generation, meta.finalizers.is_some())
+        })
+        .try_collect()
+        .await
+        .expect("no error");
         let uid = |u: &str| Some(u.to_owned());
         assert_eq!(
             passed,

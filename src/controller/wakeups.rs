@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::crd::ApiKeyPair;
+use super::CachedKeyPair;
 use crate::memory::SharedStrings;
 
 /// The shortest time between two sweeps: wake-ups due within it go out together.
@@ -87,7 +87,7 @@ impl Wakeups {
 
     /// The key pairs as their wake-ups fall due, for `Controller::reconcile_on`. Never
     /// ends; the controller's shutdown drops it.
-    pub fn due(self: Arc<Self>) -> impl Stream<Item = ObjectRef<ApiKeyPair>> + Send + 'static {
+    pub fn due(self: Arc<Self>) -> impl Stream<Item = ObjectRef<CachedKeyPair>> + Send + 'static {
         use futures::StreamExt;
         futures::stream::unfold(self, |wakeups| async move {
             let batch = wakeups.next_batch().await;
@@ -97,7 +97,7 @@ impl Wakeups {
     }
 
     /// Waits for the next wake-ups to fall due and takes them.
-    async fn next_batch(&self) -> Vec<ObjectRef<ApiKeyPair>> {
+    async fn next_batch(&self) -> Vec<ObjectRef<CachedKeyPair>> {
         tokio::time::sleep(SWEEP_SPACING).await;
         loop {
             let (due, next) = self.take_due(Instant::now());
@@ -118,7 +118,7 @@ impl Wakeups {
     }
 
     /// Takes the wake-ups due at `now`; returns them and the earliest left.
-    fn take_due(&self, now: Instant) -> (Vec<ObjectRef<ApiKeyPair>>, Option<Instant>) {
+    fn take_due(&self, now: Instant) -> (Vec<ObjectRef<CachedKeyPair>>, Option<Instant>) {
         let mut state = self.lock();
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
@@ -149,15 +149,15 @@ mod tests {
     use super::*;
     use futures::StreamExt;
 
-    fn key(namespace: &str, name: &str) -> ObjectRef<ApiKeyPair> {
+    fn key(namespace: &str, name: &str) -> ObjectRef<CachedKeyPair> {
         ObjectRef::new(name).within(namespace)
     }
 
     /// The wake-ups the stream gives out within `window` of (paused) time.
     async fn due_within(
-        stream: &mut (impl Stream<Item = ObjectRef<ApiKeyPair>> + Unpin),
+        stream: &mut (impl Stream<Item = ObjectRef<CachedKeyPair>> + Unpin),
         window: Duration,
-    ) -> Vec<ObjectRef<ApiKeyPair>> {
+    ) -> Vec<ObjectRef<CachedKeyPair>> {
         let mut out = Vec::new();
         let deadline = Instant::now() + window;
         while let Ok(Some(object)) = tokio::time::timeout_at(deadline, stream.next()).await {

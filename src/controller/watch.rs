@@ -99,7 +99,7 @@ pub fn retain_annotations(meta: &mut ObjectMeta, keep: impl Fn(&str) -> bool) {
 }
 
 /// The same event with `f` applied to each object it carries (what the store keeps of it).
-fn map_objects<K, T>(event: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
+pub(super) fn map_objects<K, T>(event: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
     match event {
         Event::Apply(o) => Event::Apply(f(o)),
         Event::InitApply(o) => Event::InitApply(f(o)),

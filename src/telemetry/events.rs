@@ -10,7 +10,8 @@
 //! recorder publishes the same objects and patches, and caches per event only a 128-bit
 //! digest of kube's key and what a repeat needs: when the event was first published (its
 //! name is derived from that and the object's name), the series count and when it was last
-//! seen (~70 bytes; a key string and the name took ~0.3 KB).
+//! seen (~70 bytes; a key string and the name took ~0.3 KB), and at most 4096 of them, as
+//! client-go's event correlator.
 //!
 //! Two things differ from kube's recorder, both so that every event is accepted: an event
 //! about a cluster-scoped object goes to `kube-system` (see [`CLUSTER_EVENTS_NAMESPACE`]),
@@ -32,6 +33,10 @@ pub use kube::runtime::events::{Event, EventType, Reporter};
 
 /// How long a published event can still become a series (as in kube-runtime).
 const CACHE_TTL: SignedDuration = SignedDuration::from_mins(6);
+
+/// How many published events are remembered at most, as client-go's event correlator (an
+/// LRU of 4096): a burst of 10k new keys would otherwise keep 10k entries for six minutes.
+const CACHE_MAX: usize = 4096;
 
 /// Where events about cluster-scoped objects (ClusterKeyPairProviders) go. Their
 /// `regarding.namespace` is empty, and `events.k8s.io/v1` accepts that only in
@@ -140,6 +145,7 @@ impl Recorder {
         };
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(key, published);
+            forget_oldest(&mut cache);
         }
         Ok(())
     }
@@ -191,6 +197,19 @@ fn forget_expired(cache: &mut HashMap<EventKey, Published>, now: Timestamp) {
     if cache.capacity() > 64 && cache.capacity() > 4 * cache.len() {
         cache.shrink_to(2 * cache.len());
     }
+}
+
+/// Drops the least recently observed quarter once more than [`CACHE_MAX`] events are
+/// remembered: a repeat of a forgotten event is published as a new event, not a series.
+fn forget_oldest(cache: &mut HashMap<EventKey, Published>) {
+    if cache.len() <= CACHE_MAX {
+        return;
+    }
+    let mut observed: Vec<Timestamp> = cache.values().map(|p| p.last_observed).collect();
+    let forget = observed.len() - CACHE_MAX * 3 / 4;
+    let (_, oldest_kept, _) = observed.select_nth_unstable(forget);
+    let oldest_kept = *oldest_kept;
+    cache.retain(|_, published| published.last_observed >= oldest_kept);
 }
 
 /// A digest of what tells two events apart (see [`event_key`] and
@@ -347,5 +366,33 @@ mod tests {
         forget_expired(&mut cache, now);
         assert_eq!(cache.len(), 10, "only the recent ones stay");
         assert!(cache.capacity() < 100, "capacity {}", cache.capacity());
+    }
+
+    #[test]
+    fn past_the_limit_the_least_recently_observed_are_forgotten() {
+        let start = Timestamp::now();
+        let at = |i: i64| start + SignedDuration::from_millis(i);
+        let key = |i: i64| {
+            let reference = reference("k", &i.to_string());
+            event_key(&reporter(), &event("Created", ""), &reference)
+        };
+        let mut cache = HashMap::new();
+        for i in 0..=CACHE_MAX as i64 {
+            let published = Published {
+                first: at(i),
+                count: 1,
+                last_observed: at(i),
+            };
+            cache.insert(key(i), published);
+            forget_oldest(&mut cache);
+        }
+        assert_eq!(cache.len(), CACHE_MAX * 3 / 4);
+        let forgotten = (CACHE_MAX / 4 + 1) as i64;
+        assert!(!cache.contains_key(&key(forgotten - 1)));
+        assert!(cache.contains_key(&key(forgotten)));
+        assert!(
+            cache.contains_key(&key(CACHE_MAX as i64)),
+            "the newest stays"
+        );
     }
 }

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keypair_operator::controller::{Context, Settings, key_pair, providers::Registry};
+use keypair_operator::controller::{
+    CachedKeyPair, Context, Settings, key_pair, providers::Registry,
+};
 use keypair_operator::crd::ApiKeyPair;
 use keypair_operator::sandbox::{Dialect, SandboxConfig};
 use keypair_operator::telemetry::events::{Recorder, Reporter};
@@ -231,7 +233,7 @@ async fn a_stale_object_never_creates_a_second_key() {
         secrets,
         Settings::default(),
     ));
-    let result = key_pair::reconcile(Arc::new(stale), ctx).await;
+    let result = key_pair::reconcile(Arc::new(CachedKeyPair::from(stale)), ctx).await;
     assert!(result.is_err(), "the stale reconcile is refused");
     assert_eq!(sandbox.keys().await.len(), 1, "no second key");
     let after = common::wait_akp(&client, &ns, "web", "status intact", |_| true).await;
