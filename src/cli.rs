@@ -147,6 +147,7 @@ pub async fn shutdown_signal() {
 /// Runs the operator until SIGINT/SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     telemetry::init_logging(args.log_format, &args.log_level);
+    crate::memory::map_large_buffers_apart();
     crate::memory::spawn_trimmer();
     let metrics = Arc::new(Metrics::new());
     let client = client(&args, metrics.clone()).await?;

@@ -1,6 +1,7 @@
 //! What keeps the operator's memory small beyond its caches' own projections: one shared
-//! copy of the strings many entries repeat ([`SharedStrings`]), and the heap's free pages
-//! given back to the operating system on builds that use glibc's allocator.
+//! copy of the strings many entries repeat ([`SharedStrings`]), and, on builds that use
+//! glibc's allocator, the heap's free pages and every large buffer given back to the
+//! operating system.
 //!
 //! glibc keeps memory freed by the program inside its heaps (one per thread that
 //! allocates, up to 8 per core) and returns it only from the top of each heap. A burst of
@@ -72,6 +73,23 @@ pub fn spawn_trimmer() {
     });
 }
 
+/// Allocations at least this large get a mapping of their own.
+pub const MMAP_THRESHOLD: usize = 256 << 10;
+
+/// Makes glibc give every buffer of [`MMAP_THRESHOLD`] or more a mapping of its own, which
+/// goes back to the operating system the moment it is freed. glibc does so from 128 KiB
+/// by default, but raises that threshold to the size of each such buffer freed (up to
+/// 32 MiB): after the first ThreatWinds list of 10k keys (a ~1.5 MB response decoded into
+/// ~2.4 MB) every later list of a poll interval was carved from a heap, and stayed
+/// resident until the next trim. Setting the threshold turns that adjustment off.
+pub fn map_large_buffers_apart() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt sets one parameter of glibc's allocator; the value is in range.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+    }
+}
+
 /// Gives the free pages of every heap back; true if any were.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn trim() -> bool {
@@ -83,6 +101,9 @@ pub fn trim() -> bool {
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
+
+    /// The tests below read the whole process's resident pages: one at a time.
+    static RESIDENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     /// Resident pages of this process, in KiB.
     fn resident_kib() -> u64 {
@@ -97,6 +118,7 @@ mod tests {
 
     #[test]
     fn free_pages_between_live_objects_go_back_to_the_os() {
+        let _alone = RESIDENT.lock();
         // 40 MB of 4 KB blocks (each from the heap, not mmap), then all but every 16th
         // freed: the heap cannot shrink from its top, since a block near it stays live.
         let mut blocks: Vec<Option<Box<[u8; 4096]>>> =
@@ -114,5 +136,26 @@ mod tests {
             "resident {before} KiB before the trim, {after} KiB after"
         );
         drop(blocks);
+    }
+
+    #[test]
+    fn a_large_buffer_goes_back_to_the_os_when_freed_even_after_a_larger_one() {
+        let _alone = RESIDENT.lock();
+        map_large_buffers_apart();
+        // Left to itself, glibc would raise its threshold to this buffer's size when it
+        // is freed, and carve the next, smaller one from a heap.
+        drop(std::hint::black_box(vec![1u8; 30 << 20]));
+        let before = resident_kib();
+        let buffer = std::hint::black_box(vec![1u8; 24 << 20]);
+        assert!(
+            resident_kib() > before + 16 * 1024,
+            "the buffer is resident"
+        );
+        drop(buffer);
+        let after = resident_kib();
+        assert!(
+            after < before + 8 * 1024,
+            "resident {before} KiB before the buffer, {after} KiB after it was freed"
+        );
     }
 }

@@ -10,11 +10,7 @@
 //! cache's limit), for a deflate per watch event and an inflate and a parse per reconcile
 //! (tens of microseconds, beside the provider and API server calls each reconcile makes).
 
-use std::borrow::Cow;
-
-use kube::Resource;
 use kube::api::ObjectMeta;
-use kube::core::NamespaceResourceScope;
 use serde::{Deserialize, Serialize};
 
 use super::watch;
@@ -118,34 +114,12 @@ impl CachedKeyPair {
     }
 }
 
-impl Resource for CachedKeyPair {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        ApiKeyPair::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        ApiKeyPair::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        ApiKeyPair::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        ApiKeyPair::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+watch::cached_resource!(CachedKeyPair, ApiKeyPair);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::ResourceExt;
+    use kube::{Resource, ResourceExt};
 
     use crate::controller::ROTATE_ANNOTATION;
 

@@ -10,11 +10,10 @@
 //! [`CachedSecret`] is an owned Secret as the watch cache keeps it: compact, since at scale
 //! the cached Secrets are the largest part of the operator's memory.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
@@ -554,29 +553,7 @@ impl std::fmt::Debug for CachedSecret {
     }
 }
 
-impl Resource for CachedSecret {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(dt: &()) -> Cow<'_, str> {
-        Secret::kind(dt)
-    }
-    fn group(dt: &()) -> Cow<'_, str> {
-        Secret::group(dt)
-    }
-    fn version(dt: &()) -> Cow<'_, str> {
-        Secret::version(dt)
-    }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        Secret::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+super::watch::cached_resource!(CachedSecret, Secret);
 
 /// Whether `existing` already has everything `desired` sets (so the apply can be skipped):
 /// the same data and owner references, and each of `desired`'s labels and annotations

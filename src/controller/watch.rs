@@ -72,6 +72,38 @@ pub fn from_watch_cache(config: watcher::Config) -> watcher::Config {
     }
 }
 
+/// `impl Resource` for `$cached`, what a store keeps of `$resource` (a struct with a
+/// `metadata` field): the same kind, group, version and plural, so that owner references,
+/// object references and the controller's triggers treat it as `$resource`.
+macro_rules! cached_resource {
+    ($cached:ty, $resource:ty) => {
+        impl kube::Resource for $cached {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$resource as kube::Resource>::kind(dt)
+            }
+            fn group(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$resource as kube::Resource>::group(dt)
+            }
+            fn version(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$resource as kube::Resource>::version(dt)
+            }
+            fn plural(dt: &()) -> std::borrow::Cow<'_, str> {
+                <$resource as kube::Resource>::plural(dt)
+            }
+            fn meta(&self) -> &kube::api::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+pub(super) use cached_resource;
+
 /// Written by `kubectl apply` (client-side): a copy of the whole object as last applied.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
