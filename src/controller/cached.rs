@@ -1,6 +1,7 @@
 //! What the `ApiKeyPair` store keeps of each key pair: [`CachedKeyPair`], its metadata as
-//! decoded (what kube-runtime and the change filter read) and its spec and status as
-//! deflated JSON, decoded again when a reconcile takes the key pair.
+//! decoded (what kube-runtime and the change filter read), the name of its code Secret
+//! (what the code-Secret index reads), and its spec and status as deflated JSON, decoded
+//! again when a reconcile takes the key pair.
 //!
 //! Decoded, a key pair's spec and status take about 0.85 KB of mostly empty `Option`
 //! fields plus a small allocation per string: ~1.9 KB for a ThreatWinds key awaiting its
@@ -47,6 +48,9 @@ pub struct CachedKeyPair {
     /// id, Helm's release, ...): cached, each map costs a B-tree node per key, and a change
     /// to them needs no reconcile.
     metadata: ObjectMeta,
+    /// The name of the Secret its verification code is read from: the code-Secret index
+    /// reads it on every watch event, which should not inflate and parse the body.
+    code_secret: Option<Box<str>>,
     /// `{"spec": …, "status": …}`, deflated.
     body: Box<[u8]>,
 }
@@ -78,6 +82,8 @@ impl From<ApiKeyPair> for CachedKeyPair {
         watch::retain_annotations(&mut metadata, |key| {
             key.starts_with(OPERATOR_ANNOTATION_PREFIX)
         });
+        let code_secret = spec.verification.as_ref();
+        let code_secret = code_secret.map(|v| v.code_secret_ref.name.as_str().into());
         let body = BodyRef {
             spec: &spec,
             status: &status,
@@ -88,6 +94,7 @@ impl From<ApiKeyPair> for CachedKeyPair {
         let body = miniz_oxide::deflate::compress_to_vec(&json, DEFLATE_LEVEL);
         CachedKeyPair {
             metadata,
+            code_secret,
             body: body.into_boxed_slice(),
         }
     }
@@ -101,6 +108,11 @@ impl<'de> Deserialize<'de> for CachedKeyPair {
 }
 
 impl CachedKeyPair {
+    /// The name of the Secret (in its namespace) its verification code is read from.
+    pub fn code_secret_name(&self) -> Option<&str> {
+        self.code_secret.as_deref()
+    }
+
     /// The key pair as cached (metadata slimmed as described on [`CachedKeyPair`]).
     pub fn decode(&self) -> Result<ApiKeyPair, DecodeError> {
         let json = miniz_oxide::inflate::decompress_to_vec_with_limit(&self.body, MAX_JSON)
@@ -167,6 +179,8 @@ mod tests {
         let akp = key_pair();
         assert!(akp.status.as_ref().is_some_and(|s| s.pending_key.is_some()));
         assert_eq!(round_trip(&akp), json(&akp));
+        let cached = CachedKeyPair::from(akp.clone());
+        assert_eq!(cached.code_secret_name(), Some("codes"));
         let mut new = akp;
         new.status = None;
         assert_eq!(round_trip(&new), json(&new));

@@ -161,7 +161,7 @@ pub struct CodeReaders {
 /// A reference to a key pair by namespace and name only: the index holds two per key pair,
 /// and the `resourceVersion` and UID that [`ObjectRef::from_obj`] also copies are never
 /// read (nor compared) here.
-fn reader(akp: &impl ResourceExt) -> ObjectRef<CachedKeyPair> {
+fn reader(akp: &CachedKeyPair) -> ObjectRef<CachedKeyPair> {
     ObjectRef::new(&akp.name_any()).within(&akp.namespace().unwrap_or_default())
 }
 
@@ -174,16 +174,12 @@ struct Readers {
 }
 
 impl Readers {
-    fn set(&mut self, cached: &CachedKeyPair) {
-        let object = reader(cached);
+    fn set(&mut self, akp: &CachedKeyPair) {
+        let object = reader(akp);
         self.remove(&object);
-        // One that does not decode reads no Secret (its reconcile reports why).
-        let Ok(akp) = cached.decode() else {
-            return;
-        };
-        let code_secret = akp.spec.verification.as_ref().map(|v| {
+        let code_secret = akp.code_secret_name().map(|name| {
             let namespace = akp.namespace().unwrap_or_default();
-            (namespace, v.code_secret_ref.name.clone())
+            (namespace, name.to_owned())
         });
         if let Some(code_secret) = code_secret {
             let readers = self.by_secret.entry(code_secret.clone()).or_default();
