@@ -386,7 +386,10 @@ impl Error {
             | Error::Finalizer(_)
             | Error::CredentialsLost { .. }
             | Error::KeyGone { .. } => true,
-            Error::Provider(e) => e.is_retryable(),
+            // A write whose answer was unusable (a 2xx the client cannot read) may have
+            // committed and left an intent: recovery (a read first) settles it, so it is
+            // retried as soon as a transient failure, not after a terminal error's wait.
+            Error::Provider(e) => e.is_retryable() || e.may_have_committed(),
             // Fixed by someone else (a provider appears, a Secret is created): the watches
             // trigger a reconcile then, and a slow retry covers what they cannot see.
             _ => false,
@@ -1055,6 +1058,18 @@ mod tests {
         });
         assert!(!bad.is_retryable());
         assert_eq!(bad.reason(), reason::REMOTE_REJECTED);
+        let unreadable_success = Error::Provider(ProviderError::UnexpectedResponse {
+            status: 200,
+            message: "wrong shape".into(),
+            excerpt: String::new(),
+        });
+        assert!(unreadable_success.is_retryable(), "recovered at once");
+        let unreadable_redirect = Error::Provider(ProviderError::UnexpectedResponse {
+            status: 302,
+            message: "redirect".into(),
+            excerpt: String::new(),
+        });
+        assert!(!unreadable_redirect.is_retryable());
         assert!(!Error::InvalidSpec("x".into()).is_retryable());
         assert_eq!(
             Error::SecretConflict("x".into()).reason(),
