@@ -654,13 +654,7 @@ async fn rate_limited(client: &Client, report: &mut Report, declared: bool) {
 /// Deletes the ConfigMaps C was measured with, and their namespace.
 async fn delete_ceiling_namespace(client: &Client, ns: &str) {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let every = kube::api::ListParams::default();
-    if let Err(e) = config_maps
-        .delete_collection(&Default::default(), &every)
-        .await
-    {
-        eprintln!("delete the ConfigMaps of {ns}: {e}");
-    }
+    support::delete_every(&config_maps, &format!("the ConfigMaps of {ns}")).await;
     delete_namespace(client, ns).await;
 }
 

@@ -402,6 +402,26 @@ pub fn sandbox_answers(stats: &serde_json::Value, status: impl Fn(&str) -> bool)
         .unwrap_or(0.0)
 }
 
+/// Deletes every object `api` lists. One deletecollection of 10 000 objects can outlast
+/// the API server's request timeout (it answers 504 part way), so it is repeated while
+/// objects remain, a few times at most.
+pub async fn delete_every<K>(api: &Api<K>, what: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (delete, every) = (DeleteParams::default(), ListParams::default());
+    for _ in 0..5 {
+        let Err(e) = api.delete_collection(&delete, &every).await else {
+            return;
+        };
+        eprintln!("delete {what}: {e}");
+        let remaining = api.list_metadata(&ListParams::default().limit(1)).await;
+        if remaining.is_ok_and(|l| l.items.is_empty()) {
+            return;
+        }
+    }
+}
+
 /// Deletes a namespace the bench made once no operator runs: the `ApiKeyPair`s' finalizers
 /// are dropped first (nothing would remove them), so the namespace does not stay
 /// Terminating. Its `ApiKeyPair`s and Secrets are deleted here too: the local control plane
@@ -425,14 +445,12 @@ pub async fn delete_namespace(client: &Client, ns: &str) {
             }
         })
         .await;
-    let (delete, every) = (DeleteParams::default(), ListParams::default());
-    if let Err(e) = api.delete_collection(&delete, &every).await {
-        eprintln!("delete the ApiKeyPairs of {ns}: {e}");
-    }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    if let Err(e) = secrets.delete_collection(&delete, &every).await {
-        eprintln!("delete the Secrets of {ns}: {e}");
-    }
+    delete_every(&api, &format!("the ApiKeyPairs of {ns}")).await;
+    delete_every(
+        &Api::<Secret>::namespaced(client.clone(), ns),
+        &format!("the Secrets of {ns}"),
+    )
+    .await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if let Err(e) = namespaces.delete(ns, &DeleteParams::default()).await {
         eprintln!("delete namespace {ns}: {e}");
