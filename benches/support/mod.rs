@@ -62,6 +62,11 @@ impl Row {
     }
 }
 
+/// `value`, with -0.0 (what an empty `f64` sum gives) as 0.0, so that nothing prints "-0.00".
+fn without_negative_zero(value: f64) -> f64 {
+    value + 0.0
+}
+
 /// Figures, each with its goal when it has one; printed as a table and one JSON line.
 #[derive(Default)]
 pub struct Report {
@@ -72,7 +77,7 @@ impl Report {
     pub fn add(&mut self, name: impl Into<String>, value: f64, unit: &'static str) {
         self.rows.push(Row {
             name: name.into(),
-            value,
+            value: without_negative_zero(value),
             unit,
             goal: None,
         });
@@ -88,6 +93,7 @@ impl Report {
     ) {
         // Progress on stderr: a long run (BENCH_N=10000) shows each goal as it is measured.
         let name = name.into();
+        let value = without_negative_zero(value);
         eprintln!("  {name}: {value:.2} {unit} (goal {op} {goal:.2})");
         self.rows.push(Row {
             name,
