@@ -121,6 +121,9 @@ async fn a_provider_rate_limit_is_never_exceeded_by_a_burst_of_resources() {
     // The sandbox answers 429 above 4 requests/s; the provider asks the operator for 2/s.
     s.sandbox.faults(json!({"rate_limit_rps": 4.0})).await;
     s.provider("p", json!({"datonis": {"url": s.sandbox.url(), "credentialsSecretRef": {"name": "dt-creds"}}, "rateLimit": {"requestsPerSecond": 2.0, "burst": 1}})).await;
+    // The limit holds from when the operator has seen it: a key pair reconciled before
+    // would still use the client of the provider as it was.
+    s.wait_provider_ready("p").await;
     for i in 0..6 {
         s.akp(&format!("agent-{i}"), spec(true, ROLE, 30)).await;
     }

@@ -125,7 +125,7 @@ impl Scenario {
         .await;
     }
 
-    /// Waits until provider `name` says `Ready=True`.
+    /// Waits until provider `name` says `Ready=True` for its current spec (its generation).
     pub async fn wait_provider_ready(&self, name: &str) {
         let api: kube::Api<keypair_operator::crd::KeyPairProvider> =
             kube::Api::namespaced(self.client.clone(), &self.ns);
@@ -133,9 +133,11 @@ impl Scenario {
         common::wait_for(&what, std::time::Duration::from_secs(30), || {
             let api = api.clone();
             async move {
-                let status = api.get_opt(name).await.ok().flatten()?.status?;
+                let provider = api.get_opt(name).await.ok().flatten()?;
+                let status = provider.status?;
                 let ready = keypair_operator::conditions::find(&status.conditions, "Ready")?;
-                (ready.status == "True").then_some(())
+                let current = status.observed_generation == provider.metadata.generation;
+                (ready.status == "True" && current).then_some(())
             }
         })
         .await;
