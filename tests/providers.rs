@@ -200,6 +200,7 @@ fn assert_variant(e: &ProviderError, want: &str) {
         ProviderError::Server { .. } => "Server",
         ProviderError::Transport { .. } => "Transport",
         ProviderError::UnexpectedResponse { .. } => "UnexpectedResponse",
+        ProviderError::NotApplied { .. } => "NotApplied",
         ProviderError::Unsupported { .. } => "Unsupported",
         ProviderError::CodeRejected { .. } => "CodeRejected",
     };
@@ -1771,7 +1772,8 @@ async fn datonis_update_the_provider_did_not_apply_is_an_error() {
         ),
     ] {
         let e = dt.update(id, &req).await.expect_err(field);
-        assert_variant(&e, "UnexpectedResponse");
+        assert_variant(&e, "NotApplied");
+        assert!(!e.may_have_committed(), "the answer shows it unchanged");
         assert!(
             e.to_string()
                 .contains(&format!("the provider did not apply {field}")),
@@ -1957,6 +1959,34 @@ async fn datonis_create_whose_date_cannot_be_fixed_is_deleted_again() {
     sb.clear_faults().await;
     assert!(sb.keys().await.is_empty());
     assert_eq!(sb.count("DELETE /api/v3/key_pairs/{key}", "200").await, 1);
+}
+
+/// A key created with the wrong fields that cannot be deleted again stays at the provider:
+/// the error then says the write may have committed, so the caller keeps its intent.
+#[tokio::test]
+async fn datonis_create_that_cannot_be_undone_may_have_committed() {
+    let sb = Sandbox::datonis_readings(DatonisReadings {
+        expiry_date_order: ExpiryDateOrder::MonthFirst,
+        ..DatonisReadings::default()
+    })
+    .await;
+    let dt = sb.dt_client(HttpOptions::default());
+    dt.check_credentials().await.expect("sign in");
+    let today = chrono::Utc::now().date_naive();
+    let days = (1..=400u32)
+        .find(|n| day_month_ambiguous(today + chrono::Days::new(u64::from(*n))))
+        .expect("an ambiguous day");
+    // Two requests in three fail: the create passes, its date fix and the delete fail.
+    sb.faults(json!({"error_rate": 0.67})).await;
+    let e = dt
+        .create(&dt_req(days, ROLE_AGENT))
+        .await
+        .expect_err("fix failed");
+    assert_variant(&e, "UnexpectedResponse");
+    assert!(e.may_have_committed(), "{e:?}");
+    assert!(e.to_string().contains("failed too"), "{e}");
+    sb.clear_faults().await;
+    assert_eq!(sb.keys().await.len(), 1, "the key stayed");
 }
 
 #[tokio::test]

@@ -438,6 +438,7 @@ pub fn provider_reason(error: &ProviderError) -> &'static str {
         }
         ProviderError::UnexpectedResponse { .. } => reason::UNEXPECTED_RESPONSE,
         ProviderError::NotFound { .. }
+        | ProviderError::NotApplied { .. }
         | ProviderError::BadRequest { .. }
         | ProviderError::Unsupported { .. } => reason::REMOTE_REJECTED,
     }

@@ -431,17 +431,19 @@ fn with_note(mut err: ProviderError, note: &str) -> ProviderError {
         | ProviderError::BadRequest { message, .. }
         | ProviderError::Server { message, .. }
         | ProviderError::Transport { message }
-        | ProviderError::UnexpectedResponse { message, .. } => message.push_str(note),
+        | ProviderError::UnexpectedResponse { message, .. }
+        | ProviderError::NotApplied { message } => message.push_str(note),
         _ => {}
     }
     err
 }
 
 fn not_applied(op: &'static str, field: &str, asked: &str, shown: &str) -> ProviderError {
-    unexpected(
-        op,
-        &format!("the provider did not apply {field}: asked for {asked}, the answer shows {shown}"),
-    )
+    ProviderError::NotApplied {
+        message: format!(
+            "datonis {op}: the provider did not apply {field}: asked for {asked}, the answer shows {shown}"
+        ),
+    }
 }
 
 /// Checks that the answer `got` shows what `w` asked for; names the first field that the
@@ -934,7 +936,8 @@ impl DatonisClient {
     }
 
     /// A new key pair that does not match the request: deletes it again so that the error
-    /// leaves nothing behind, and says in the error whether that worked.
+    /// leaves nothing behind, and says in the error whether that worked. A key that could
+    /// not be deleted makes the error one whose write may have committed.
     async fn undo_create(&self, key_id: &str, err: ProviderError) -> ProviderError {
         match self.delete(key_id).await {
             Ok(()) => with_note(
@@ -943,10 +946,14 @@ impl DatonisClient {
             ),
             Err(e) => {
                 tracing::warn!(key_id, error = %e, "datonis: could not delete a key pair created with the wrong fields");
-                with_note(
-                    err,
-                    &format!("; deleting the new key pair {key_id} again failed too ({e})"),
-                )
+                // The key stays: an outcome for recovery to settle, as an unreadable answer's.
+                ProviderError::UnexpectedResponse {
+                    status: 200,
+                    message: format!(
+                        "{err}; deleting the new key pair {key_id} again failed too ({e})"
+                    ),
+                    excerpt: String::new(),
+                }
             }
         }
     }
@@ -1358,10 +1365,8 @@ mod tests {
         ];
         for (got, want) in cases {
             let e = check_applied(&w, &got).expect_err(want);
-            assert!(
-                matches!(e, ProviderError::UnexpectedResponse { .. }),
-                "{e:?}"
-            );
+            assert!(matches!(e, ProviderError::NotApplied { .. }), "{e:?}");
+            assert!(!e.may_have_committed(), "the answer was read");
             assert!(e.to_string().contains(want), "{e}");
             assert!(e.to_string().starts_with("datonis update: "), "{e}");
         }

@@ -91,6 +91,16 @@ pub enum ProviderError {
         /// At most 200 characters of the body, with secret-looking values masked.
         excerpt: String,
     },
+    /// The provider answered a write with success and a readable body that shows a field
+    /// it was sent unchanged (e.g. a Datonis server ignoring `role_key` where the client
+    /// put it). A definite outcome, unlike an unreadable answer: the write was not applied.
+    /// Terminal until the input changes.
+    #[error("{message}")]
+    NotApplied {
+        /// The field, what was asked and what the answer shows, prefixed with provider
+        /// and operation.
+        message: String,
+    },
     /// ThreatWinds refused a verification code (wrong, expired, unknown or used code id)
     /// while its `GET /session` confirmed that the session is alive and verified, so the
     /// refusal is about the code and not the credentials. Terminal until a new code is given.
@@ -143,6 +153,7 @@ impl ProviderError {
             ProviderError::Server { .. } => "server_error",
             ProviderError::Transport { .. } => "transport_error",
             ProviderError::UnexpectedResponse { .. } => "unexpected_response",
+            ProviderError::NotApplied { .. } => "not_applied",
             ProviderError::CodeRejected { .. } => "code_rejected",
             ProviderError::Unsupported { .. } => "unsupported",
         }
@@ -284,6 +295,9 @@ mod tests {
             ProviderError::CodeRejected {
                 message: "x".into(),
                 error_id: None,
+            },
+            ProviderError::NotApplied {
+                message: "x".into(),
             },
             ProviderError::Unsupported { operation: "x" },
         ] {

@@ -80,6 +80,8 @@ pub(crate) const PATH_LITERALS: &[&str] =
 
 /// Route template of `POST` key-pair create.
 pub(crate) const CREATE_ROUTE: &str = "/api/v3/key_pairs";
+/// Route template of `PUT` key-pair update.
+pub(crate) const UPDATE_ROUTE: &str = "/api/v3/key_pairs/{key}";
 
 /// Account of tokens signed in without `organisation_key`.
 const DEFAULT_ACCOUNT: &str = "default";
@@ -90,11 +92,8 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api_sign_in", post(sign_in))
         .route("/api_sign_out", delete(sign_out))
-        .route("/api/v3/key_pairs", get(list).post(create))
-        .route(
-            "/api/v3/key_pairs/{key}",
-            get(show).put(update).delete(destroy),
-        )
+        .route(CREATE_ROUTE, get(list).post(create))
+        .route(UPDATE_ROUTE, get(show).put(update).delete(destroy))
 }
 
 /// The one Datonis error format; `message` is already sanitised.

@@ -3,7 +3,8 @@
 //!
 //! Everything is deterministic so tests are repeatable: the error rate is an accumulator
 //! that fails exactly every 1/rate-th request (rate 0.25: requests 4, 8, 12, ...), the rate
-//! limit a token bucket, and commit-then-fail hits the next N successful key-pair creates.
+//! limit a token bucket, and commit-then-fail hits the next N successful key-pair creates
+//! (or, with `commit_then_fail_on: update`, Datonis updates).
 //! Per request, in order: latency, rate limit, error rate, then the handler (and
 //! commit-then-fail on its response). Injected errors go through the provider's error
 //! format like any other error.
@@ -64,6 +65,21 @@ pub struct FaultConfig {
     /// How many creates fail that way (default 1 when `commit_then_fail` is set).
     #[serde(default)]
     pub commit_then_fail_count: Option<u32>,
+    /// Which write commit-then-fail hits: `create` (the default) or `update` (Datonis
+    /// `PUT /api/v3/key_pairs/{key}`; ThreatWinds has no update).
+    #[serde(default)]
+    pub commit_then_fail_on: CommittedWrite,
+}
+
+/// The key-pair write that commit-then-fail hits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommittedWrite {
+    /// `POST`: a key-pair create.
+    #[default]
+    Create,
+    /// `PUT`: a Datonis key-pair update.
+    Update,
 }
 
 fn default_error_status() -> u16 {
@@ -79,6 +95,7 @@ impl Default for FaultConfig {
             rate_limit_rps: None,
             commit_then_fail: None,
             commit_then_fail_count: None,
+            commit_then_fail_on: CommittedWrite::Create,
         }
     }
 }
@@ -123,6 +140,15 @@ pub enum CommitThenFail {
     MissingKeyId,
     /// Answer the success status with a body larger than the operator client reads.
     Oversized,
+}
+
+impl CommittedWrite {
+    fn method(self) -> Method {
+        match self {
+            CommittedWrite::Create => Method::POST,
+            CommittedWrite::Update => Method::PUT,
+        }
+    }
 }
 
 /// Live fault settings and their counters.
@@ -247,13 +273,16 @@ pub(crate) async fn inject(
             return ApiError::new(status, reason).into_response();
         }
     }
-    let is_create = req.method() == Method::POST
-        && req
-            .extensions()
-            .get::<MatchedPath>()
-            .is_some_and(|route| route.as_str() == provider.create_route());
+    let target = lock(&shared.faults).config.commit_then_fail_on;
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let is_target = route.is_some_and(|route| {
+        (req.method(), Some(route)) == (&target.method(), provider.write_route(target))
+    });
     let response = next.run(req).await;
-    if !is_create || !response.status().is_success() {
+    if !is_target || !response.status().is_success() {
         return response;
     }
     let mode = lock(&shared.faults).take_commit_then_fail();
@@ -432,6 +461,12 @@ mod tests {
             (CommitThenFail::Oversized, "oversized"),
         ] {
             assert_eq!(serde_json::to_value(mode).expect("ser"), json!(name));
+        }
+        for (write, name) in [
+            (CommittedWrite::Create, "create"),
+            (CommittedWrite::Update, "update"),
+        ] {
+            assert_eq!(serde_json::to_value(write).expect("ser"), json!(name));
         }
     }
 

@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cli::SandboxArgs;
 pub use control::{Issued, SandboxStats};
-pub use faults::{CommitThenFail, FaultConfig};
+pub use faults::{CommitThenFail, CommittedWrite, FaultConfig};
 pub use readings::{
     DatonisReadings, EnabledFormat, ExpiryDateOrder, ListParamSource, RoleKeyPlacement,
 };
@@ -313,11 +313,15 @@ impl SandboxProvider {
         }
     }
 
-    /// Route template of the key-pair create call (`POST`), the one commit-then-fail hits.
-    fn create_route(self) -> &'static str {
-        match self {
-            SandboxProvider::Threatwinds => threatwinds::CREATE_ROUTE,
-            SandboxProvider::Datonis => datonis::CREATE_ROUTE,
+    /// Route template of the key-pair `write` that commit-then-fail hits, if the provider
+    /// has that call.
+    fn write_route(self, write: faults::CommittedWrite) -> Option<&'static str> {
+        use faults::CommittedWrite::{Create, Update};
+        match (self, write) {
+            (SandboxProvider::Threatwinds, Create) => Some(threatwinds::CREATE_ROUTE),
+            (SandboxProvider::Datonis, Create) => Some(datonis::CREATE_ROUTE),
+            (SandboxProvider::Datonis, Update) => Some(datonis::UPDATE_ROUTE),
+            (SandboxProvider::Threatwinds, Update) => None,
         }
     }
 }

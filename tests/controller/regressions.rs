@@ -1,7 +1,7 @@
 //! The faults of the lifecycle review (issue 7), end to end: the lifecycle under every
-//! strict reading of the provider docs, refusals that back off, Orphan that keeps the
-//! Secret, spec edits that move or refuse instead of destroying, and a replacement whose
-//! credentials are lost. (Undecodable creates are in `crash.rs`; the decision tables in the
+//! strict reading of the provider docs, refusals that back off (and unreadable answers
+//! that are not taken for refusals), Orphan that keeps the Secret, spec edits that move or
+//! refuse instead of destroying, and a replacement whose credentials are lost. (Undecodable creates are in `crash.rs`; the decision tables in the
 //! unit tests of `src/controller/plan.rs`; crash × fault combinations in the model test.)
 
 use std::time::Duration;
@@ -205,6 +205,40 @@ async fn a_refused_update_shows_until_the_spec_changes() {
                 .is_some_and(|st| st.role_key.as_deref() == Some(OTHER_ROLE))
     })
     .await;
+}
+
+/// An update answered with success and a body the client cannot read may have been
+/// applied: it is not reported as refused; the retry reads the key afresh and finds the
+/// change made, so nothing is sent twice.
+#[tokio::test]
+async fn an_unreadable_update_answer_is_settled_by_a_fresh_read() {
+    let s = Scenario::datonis("unreadable-update", &[], &[]).await;
+    s.akp("agent", dt_spec(ROLE, true)).await;
+    s.wait_ready("agent", "True", "Ready").await;
+    s.sandbox
+        .faults(json!({"commit_then_fail": "truncated", "commit_then_fail_on": "update"}))
+        .await;
+    s.akp("agent", dt_spec(OTHER_ROLE, true)).await;
+    s.wait("agent", "the new role, Ready at the new generation", |a| {
+        common::ready_is(a, "True", "Ready")
+            && a.status.as_ref().is_some_and(|st| {
+                st.role_key.as_deref() == Some(OTHER_ROLE)
+                    && st.observed_generation == a.metadata.generation
+            })
+    })
+    .await;
+    assert_eq!(s.sandbox.count("PUT /api/v3/key_pairs/{key}").await, 1);
+    let events = common::events_for(&s.client, &s.ns, "agent").await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, _)| reason == "UnexpectedResponse"),
+        "the spoiled answer is told: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|(reason, _)| reason == "RemoteRejected"),
+        "not taken for a refusal: {events:?}"
+    );
 }
 
 fn conditions_message(
