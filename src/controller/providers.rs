@@ -785,6 +785,9 @@ impl Registry {
         Some((cached.backend.clone(), cached.suspect.clone()))
     }
 
+    /// Caches `backend` for `fingerprint`, unless a resolve that raced this one cached a
+    /// client for the same fingerprint first: then that one is used, so that a burst of
+    /// key pairs after a provider change signs in once, not once per key pair.
     fn cache_backend(
         &self,
         key: &ProviderKey,
@@ -793,6 +796,9 @@ impl Registry {
     ) -> (Backend, Arc<AtomicBool>) {
         let suspect = Arc::new(AtomicBool::new(false));
         if let Ok(mut map) = self.backends.lock() {
+            if let Some(first) = map.get(key).filter(|c| c.fingerprint == fingerprint) {
+                return (first.backend.clone(), first.suspect.clone());
+            }
             let cached = CachedBackend {
                 fingerprint,
                 compared: tokio::time::Instant::now(),
@@ -1172,6 +1178,37 @@ mod tests {
         assert_eq!(
             format!("{:?}", ListedKey::from(bare.clone()).to_remote()),
             format!("{bare:?}")
+        );
+    }
+
+    #[tokio::test]
+    async fn resolves_racing_for_the_same_credentials_share_the_first_client() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let client = Client::try_from(config).expect("client");
+        let registry = Registry::new(client, Duration::from_secs(1), Arc::default());
+        let backend = || {
+            let credentials = DatonisCredentials::Token(SecretString::from("t"));
+            let dt = DatonisClient::new("http://127.0.0.1:9", credentials, HttpOptions::default())
+                .expect("client");
+            Backend::Datonis(Arc::new(dt))
+        };
+        let ptr = |b: &Backend| match b {
+            Backend::Datonis(dt) => Arc::as_ptr(dt),
+            Backend::Threatwinds(_) => std::ptr::null(),
+        };
+        let key = ProviderKey {
+            kind: ProviderRefKind::KeyPairProvider,
+            namespace: Some("ns".into()),
+            name: "p".into(),
+        };
+        let (first, _) = registry.cache_backend(&key, "uid/1/7".into(), backend());
+        let (raced, _) = registry.cache_backend(&key, "uid/1/7".into(), backend());
+        assert_eq!(ptr(&raced), ptr(&first), "the first one cached is kept");
+        let (changed, _) = registry.cache_backend(&key, "uid/2/7".into(), backend());
+        assert_ne!(
+            ptr(&changed),
+            ptr(&first),
+            "new credentials get a new client"
         );
     }
 
