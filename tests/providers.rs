@@ -1932,8 +1932,10 @@ async fn datonis_expiry_date_day_first_and_month_first_on_create_and_update() {
     }
 }
 
-#[tokio::test]
-async fn datonis_create_whose_date_cannot_be_fixed_is_deleted_again() {
+/// A Datonis create on a day whose date reads both ways, from a provider that reads it
+/// month first, with every request failing at `error_rate` from the create on: the create
+/// passes and its date fix fails. Returns the sandbox and the create's error.
+async fn create_whose_date_fix_fails(error_rate: f64) -> (Sandbox, ProviderError) {
     let sb = Sandbox::datonis_readings(DatonisReadings {
         expiry_date_order: ExpiryDateOrder::MonthFirst,
         ..DatonisReadings::default()
@@ -1945,18 +1947,24 @@ async fn datonis_create_whose_date_cannot_be_fixed_is_deleted_again() {
     let days = (1..=400u32)
         .find(|n| day_month_ambiguous(today + chrono::Days::new(u64::from(*n))))
         .expect("an ambiguous day");
-    // Every second request fails: the create passes, its date fix fails, the delete passes.
-    sb.faults(json!({"error_rate": 0.5})).await;
+    sb.faults(json!({"error_rate": error_rate})).await;
     let e = dt
         .create(&dt_req(days, ROLE_AGENT))
         .await
         .expect_err("fix failed");
+    sb.clear_faults().await;
+    (sb, e)
+}
+
+#[tokio::test]
+async fn datonis_create_whose_date_cannot_be_fixed_is_deleted_again() {
+    // Every second request fails: the create passes, its date fix fails, the delete passes.
+    let (sb, e) = create_whose_date_fix_fails(0.5).await;
     assert!(
         matches!(e, ProviderError::Server { status: 500, .. }),
         "{e:?}"
     );
     assert!(e.to_string().contains("was deleted again"), "{e}");
-    sb.clear_faults().await;
     assert!(sb.keys().await.is_empty());
     assert_eq!(sb.count("DELETE /api/v3/key_pairs/{key}", "200").await, 1);
 }
@@ -1965,27 +1973,11 @@ async fn datonis_create_whose_date_cannot_be_fixed_is_deleted_again() {
 /// the error then says the write may have committed, so the caller keeps its intent.
 #[tokio::test]
 async fn datonis_create_that_cannot_be_undone_may_have_committed() {
-    let sb = Sandbox::datonis_readings(DatonisReadings {
-        expiry_date_order: ExpiryDateOrder::MonthFirst,
-        ..DatonisReadings::default()
-    })
-    .await;
-    let dt = sb.dt_client(HttpOptions::default());
-    dt.check_credentials().await.expect("sign in");
-    let today = chrono::Utc::now().date_naive();
-    let days = (1..=400u32)
-        .find(|n| day_month_ambiguous(today + chrono::Days::new(u64::from(*n))))
-        .expect("an ambiguous day");
     // Two requests in three fail: the create passes, its date fix and the delete fail.
-    sb.faults(json!({"error_rate": 0.67})).await;
-    let e = dt
-        .create(&dt_req(days, ROLE_AGENT))
-        .await
-        .expect_err("fix failed");
+    let (sb, e) = create_whose_date_fix_fails(0.67).await;
     assert_variant(&e, "UnexpectedResponse");
     assert!(e.may_have_committed(), "{e:?}");
     assert!(e.to_string().contains("failed too"), "{e}");
-    sb.clear_faults().await;
     assert_eq!(sb.keys().await.len(), 1, "the key stayed");
 }
 
