@@ -59,10 +59,11 @@ pub struct FaultConfig {
     /// ThreatWinds answers 403 and Datonis 429 with `Retry-After`.
     #[serde(default)]
     pub rate_limit_rps: Option<f64>,
-    /// Make key-pair creates commit and then fail.
+    /// Make key-pair writes (creates, or what `commit_then_fail_on` says) commit and then
+    /// fail.
     #[serde(default)]
     pub commit_then_fail: Option<CommitThenFail>,
-    /// How many creates fail that way (default 1 when `commit_then_fail` is set).
+    /// How many writes fail that way (default 1 when `commit_then_fail` is set).
     #[serde(default)]
     pub commit_then_fail_count: Option<u32>,
     /// Which write commit-then-fail hits: `create` (the default) or `update` (Datonis
@@ -120,7 +121,7 @@ impl FaultConfig {
     }
 }
 
-/// How a committed create fails (JSON names in `snake_case`: `status500`, `drop`,
+/// How a committed write fails (JSON names in `snake_case`: `status500`, `drop`,
 /// `truncated`, `wrong_shape`, `missing_secret`, `missing_key_id`, `oversized`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -278,9 +279,8 @@ pub(crate) async fn inject(
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    let is_target = route.is_some_and(|route| {
-        (req.method(), Some(route)) == (&target.method(), provider.write_route(target))
-    });
+    let is_target = req.method() == target.method()
+        && route.is_some_and(|route| provider.write_route(target) == Some(route));
     let response = next.run(req).await;
     if !is_target || !response.status().is_success() {
         return response;
@@ -310,7 +310,7 @@ async fn spoiled(provider: SandboxProvider, mode: CommitThenFail, response: Resp
     Response::from_parts(parts, Body::from(spoil(provider, mode, &bytes)))
 }
 
-/// The unusable body `mode` makes of a create's JSON answer `body`.
+/// The unusable body `mode` makes of a write's JSON answer `body`.
 fn spoil(provider: SandboxProvider, mode: CommitThenFail, body: &[u8]) -> Vec<u8> {
     match mode {
         CommitThenFail::Truncated => body[..body.len() / 2].to_vec(),
