@@ -386,10 +386,11 @@ impl Error {
             | Error::Finalizer(_)
             | Error::CredentialsLost { .. }
             | Error::KeyGone { .. } => true,
-            // A write whose answer was unusable (a 2xx the client cannot read) may have
-            // committed and left an intent: recovery (a read first) settles it, so it is
-            // retried as soon as a transient failure, not after a terminal error's wait.
-            Error::Provider(e) => e.is_retryable() || e.may_have_committed(),
+            // Only a definite refusal waits for a change. A write whose answer was
+            // unusable (a 2xx the client cannot read) may have committed and left an
+            // intent: recovery (a read first) settles it, so it is retried as soon as a
+            // transient failure, not after a terminal error's wait.
+            Error::Provider(e) => !e.is_definite_refusal(),
             // Fixed by someone else (a provider appears, a Secret is created): the watches
             // trigger a reconcile then, and a slow retry covers what they cannot see.
             _ => false,

@@ -185,6 +185,13 @@ impl ProviderError {
         }
     }
 
+    /// Whether the provider definitely refused: repeating the call cannot help (not
+    /// [`Self::is_retryable`]) and nothing was applied (not [`Self::may_have_committed`]).
+    /// Only a change of input (spec, credentials, code) can.
+    pub fn is_definite_refusal(&self) -> bool {
+        !self.is_retryable() && !self.may_have_committed()
+    }
+
     /// Whether a 403 reads as "the user lacks permission" rather than as throttling: the
     /// provider sent no `Retry-After` with it. Still retryable (the older ThreatWinds page
     /// says 403 may be throttling without saying so); the controller uses this to name the
@@ -303,6 +310,7 @@ mod tests {
         ] {
             assert!(!terminal.is_retryable(), "{terminal:?}");
             assert!(!terminal.may_have_committed(), "{terminal:?}");
+            assert!(terminal.is_definite_refusal(), "{terminal:?}");
         }
     }
 
@@ -321,6 +329,7 @@ mod tests {
             let e = unexpected(status);
             assert!(e.may_have_committed(), "{status}");
             assert!(!e.is_retryable(), "{status}");
+            assert!(!e.is_definite_refusal(), "{status}");
         }
         // A status the docs never mention says nothing about a commit.
         for status in [101, 199, 300, 302, 308] {

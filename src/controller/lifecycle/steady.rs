@@ -544,7 +544,7 @@ impl Run<'_> {
             // Only a definite refusal waits for the spec to change. After an unknown
             // outcome (an unreadable answer too) the check stays due: the retry reads the
             // key afresh and sends what is still missing.
-            Err(e) if !e.is_retryable() && !e.may_have_committed() => {
+            Err(e) if e.is_definite_refusal() => {
                 self.status.update_refused_generation = self.generation();
                 let message = format!("the provider refused the update; change the spec: {e}");
                 let why = crate::controller::provider_reason(&e);
